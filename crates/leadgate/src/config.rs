@@ -1,0 +1,197 @@
+//! The one typed configuration, parsed once from flags and `LEADGATE_*`
+//! environment variables, validated once, then passed explicitly.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Gateway configuration. Every option is a flag and an environment variable.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// HTTP + Socket.IO listen address.
+    #[arg(
+        long,
+        env = "LEADGATE_LISTEN",
+        default_value = "0.0.0.0:3000",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Database URL: the embedded SQLite file by default, `postgres://…` in
+    /// production.
+    #[arg(
+        long,
+        env = "LEADGATE_DATABASE_URL",
+        default_value = "sqlite://leadgate.db?mode=rwc",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// HS256 secret for verifying JWTs (at least 16 bytes). Exactly one of
+    /// this or --jwt-public-key; with neither, leadgate runs in development
+    /// mode with credentials from --dev-credentials.
+    #[arg(
+        long,
+        env = "LEADGATE_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key",
+        global = true
+    )]
+    pub jwt_secret: Option<Secret>,
+
+    /// Path to a PEM public key (RSA for RS256, P-256 for ES256) for
+    /// verifying JWTs.
+    #[arg(long, env = "LEADGATE_JWT_PUBLIC_KEY", global = true)]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf`, in seconds.
+    #[arg(long, env = "LEADGATE_JWT_LEEWAY", default_value_t = 5, global = true)]
+    pub jwt_leeway: u64,
+
+    /// Comma-separated API keys for the worker HTTP API.
+    #[arg(
+        long,
+        env = "LEADGATE_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_keys: Vec<Secret>,
+
+    /// Where development mode keeps its generated JWT secret and API key.
+    #[arg(
+        long,
+        env = "LEADGATE_DEV_CREDENTIALS",
+        default_value = ".leadgate-dev.json",
+        global = true
+    )]
+    pub dev_credentials: PathBuf,
+
+    /// Comma-separated browser origins allowed to make cross-origin requests
+    /// (Socket.IO long-polling, the HTTP API), e.g. `http://localhost:5173`.
+    /// Empty: same-origin only. WebSocket handshakes are not subject to CORS.
+    #[arg(
+        long,
+        env = "LEADGATE_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest Socket.IO message a client may send, in bytes, on both
+    /// transports.
+    #[arg(long, env = "LEADGATE_MAX_PAYLOAD", default_value_t = 64 * 1024, global = true)]
+    pub max_payload: usize,
+
+    /// Largest HTTP API request body, in bytes.
+    #[arg(long, env = "LEADGATE_MAX_HTTP_BODY", default_value_t = 1024 * 1024, global = true)]
+    pub max_http_body: usize,
+
+    /// Packets queued per socket before further ones to it are dropped.
+    #[arg(
+        long,
+        env = "LEADGATE_SOCKET_BUFFER",
+        default_value_t = 256,
+        global = true
+    )]
+    pub socket_buffer: usize,
+
+    /// Jobs one connection may be subscribed to at once.
+    #[arg(
+        long,
+        env = "LEADGATE_MAX_SUBSCRIPTIONS",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_subscriptions: usize,
+
+    /// Seconds to wait for connections to close on shutdown.
+    #[arg(
+        long,
+        env = "LEADGATE_SHUTDOWN_GRACE",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_grace: u64,
+
+    /// Log format: `text` or `json`.
+    #[arg(
+        long,
+        env = "LEADGATE_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Checks what clap cannot: one clear error naming the option.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.jwt_secret {
+            if secret.expose().len() < 16 {
+                return Err("LEADGATE_JWT_SECRET must be at least 16 bytes long".into());
+            }
+        }
+        if self.api_keys.iter().any(|k| k.expose().is_empty()) {
+            return Err("LEADGATE_API_KEYS contains an empty key".into());
+        }
+        for origin in &self.allowed_origins {
+            if origin.parse::<axum::http::HeaderValue>().is_err() || !origin.contains("://") {
+                return Err(format!(
+                    "LEADGATE_ALLOWED_ORIGINS: {origin:?} is not an origin like http://localhost:5173"
+                ));
+            }
+        }
+        if self.max_payload < 1024 {
+            return Err("LEADGATE_MAX_PAYLOAD must be at least 1024 bytes".into());
+        }
+        if self.max_subscriptions == 0 {
+            return Err("LEADGATE_MAX_SUBSCRIPTIONS must be at least 1".into());
+        }
+        if self.socket_buffer < 16 {
+            return Err("LEADGATE_SOCKET_BUFFER must be at least 16".into());
+        }
+        Ok(())
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+}
+
+/// `text` or `json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A secret string whose `Debug` and `Display` never show it, so that logging
+/// a configuration cannot leak a key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.trim().to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}

@@ -1,0 +1,198 @@
+//! The HTTP side: health checks and the worker API.
+//!
+//! Worker API requests carry `Authorization: Bearer <api key>`. Errors are
+//! JSON `{ "error": "…" }` whose text tells the worker's author what to fix.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use leadgate_protocol::{WorkerEvent, parse_job_id};
+use leadgate_store::StoreError;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{error, info};
+use validator::Validate;
+
+use crate::App;
+use crate::auth::{bearer_token, constant_time_eq};
+
+pub fn router(app: App, max_body: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/jobs", post(create_job))
+        .route("/api/v1/jobs/{job_id}/events", post(post_event))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}
+
+/// An API error: a status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        ApiError::new(rejection.status(), rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
+    match app.store.ping().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "ok", "database": "ok" })),
+        ),
+        Err(e) => {
+            error!(error = %e, "Readiness check: the database does not answer.");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "database": "unreachable" })),
+            )
+        }
+    }
+}
+
+/// Checks the worker's API key against every configured key. The key is
+/// never logged.
+fn authorize_worker(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = bearer_token(headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send Authorization: Bearer <api key>",
+        ));
+    };
+    // Compare with every key, without stopping at a match, so the time taken
+    // does not tell which key matched.
+    let known = app.api_keys.iter().fold(false, |found, k| {
+        found | constant_time_eq(k.expose().as_bytes(), key.as_bytes())
+    });
+    if known {
+        Ok(())
+    } else {
+        info!("Refused a worker request: unknown API key.");
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unknown API key"))
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))
+}
+
+#[derive(Debug, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+struct CreateJob {
+    #[validate(length(min = 1, max = 255, message = "user_id must be 1 to 255 characters"))]
+    user_id: String,
+    #[serde(default)]
+    total_leads: u32,
+}
+
+async fn create_job(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize_worker(&app, &headers)?;
+    let request: CreateJob = parse_json(&body?)?;
+    request.validate().map_err(|e| {
+        let reasons: Vec<String> = e
+            .field_errors()
+            .values()
+            .flat_map(|errors| errors.iter())
+            .map(|err| {
+                err.message
+                    .clone()
+                    .unwrap_or_else(|| err.code.clone())
+                    .into_owned()
+            })
+            .collect();
+        ApiError::bad_request(reasons.join("; "))
+    })?;
+    let job = app
+        .store
+        .create_job(&request.user_id, request.total_leads)
+        .await
+        .map_err(store_error)?;
+    info!(job = %job, user = %request.user_id, "Created a job.");
+    Ok((StatusCode::CREATED, Json(json!({ "jobId": job }))))
+}
+
+async fn post_event(
+    State(app): State<App>,
+    Path(raw_job): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize_worker(&app, &headers)?;
+    let job = parse_job_id(&Value::String(raw_job))
+        .map_err(|_| ApiError::bad_request("the jobId in the URL must be a UUID"))?;
+    let body = body?;
+    let event = WorkerEvent::from_slice(&body).map_err(|e| {
+        info!(job = %job, source = "http", reason = %e, "Refused an invalid job event.");
+        ApiError::bad_request(e.to_string())
+    })?;
+    if event.job_id.is_some_and(|id| id != job) {
+        return Err(ApiError::bad_request(
+            "the jobId in the body does not match the one in the URL",
+        ));
+    }
+    let update = app
+        .apply_event(job, event.event, event.seq)
+        .await
+        .map_err(store_error)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "jobId": job, "seq": update.seq })),
+    ))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::JobNotFound => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+        StoreError::SeqConflict { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        StoreError::Db(_) => {
+            error!(error = %e, "Database error in the worker API.");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is unavailable; retry later",
+            )
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Socket.IO namespace `/`: job progress for browsers (seed 001).
+//!
+//! `subscribe-job` answers with `job-status` and from then on the socket gets
+//! every `job-update` of the job (see [`crate::hub`] for the ordering rules);
+//! `unsubscribe-job` stops them. A job that does not exist and a job of
+//! another user get the same answer, so job ids cannot be probed.
+
+use std::sync::Arc;
+
+use leadgate_protocol::{Ack, ClientError, parse_job_id};
+use serde_json::Value;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+use tracing::{debug, error, info};
+
+use crate::App;
+use crate::auth::{AuthError, handshake_token};
+use crate::hub::Activation;
+use crate::session::{Session, Turn};
+
+/// The answer for an unknown job and for another user's job alike.
+pub const JOB_NOT_FOUND: &str = "job not found";
+const BAD_JOB_ID: &str = "jobId must be a UUID string";
+
+/// Connect middleware: refuses the handshake unless it carries a valid token.
+pub async fn authenticate(
+    socket: SocketRef,
+    State(app): State<App>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), AuthError> {
+    let parts = socket.req_parts();
+    let result = handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query())
+        .and_then(|token| app.verifier.verify(&token));
+    match result {
+        Ok(principal) => {
+            socket.extensions.insert(Session::new(principal));
+            Ok(())
+        }
+        Err(e) => {
+            info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection.");
+            Err(e)
+        }
+    }
+}
+
+/// Connect handler: the socket is authenticated; wire up its events.
+pub async fn on_connect(socket: SocketRef) {
+    if let Some(session) = socket.extensions.get::<Arc<Session>>() {
+        info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, transport = ?socket.transport_type(), "Connected.");
+    }
+    socket.on("subscribe-job", subscribe);
+    socket.on("unsubscribe-job", unsubscribe);
+    socket.on_disconnect(on_disconnect);
+}
+
+async fn subscribe(
+    socket: SocketRef,
+    State(app): State<App>,
+    TryData(arg): TryData<Value>,
+    ack: AckSender,
+    mut turn: Turn,
+) {
+    let session = turn.wait().await;
+    let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
+        return refuse(&socket, ack, "subscribe-job", BAD_JOB_ID);
+    };
+    if !session.add_job(job, app.limits.max_subscriptions) {
+        let message = format!(
+            "too many subscriptions: at most {} jobs per connection",
+            app.limits.max_subscriptions
+        );
+        return refuse(&socket, ack, "subscribe-job", &message);
+    }
+    let token = app.hub.begin(job, &socket);
+    loop {
+        match app.store.job_status(job).await {
+            Ok(Some(found)) if session.principal.may_read(&found.user_id) => {
+                match app.hub.activate(job, socket.id, token, &found.status) {
+                    Activation::Sent => {
+                        debug!(sid = %socket.id, job = %job, seq = found.status.seq, "Subscribed.");
+                        let _ = ack.send(&Ack::ok());
+                        return;
+                    }
+                    Activation::Reload => continue,
+                    Activation::Gone => return,
+                }
+            }
+            Ok(_) => {
+                app.hub.end(job, socket.id, Some(token));
+                session.remove_job(&job);
+                return refuse(&socket, ack, "subscribe-job", JOB_NOT_FOUND);
+            }
+            Err(e) => {
+                error!(sid = %socket.id, job = %job, error = %e, "Could not load a job for a subscriber.");
+                app.hub.end(job, socket.id, Some(token));
+                session.remove_job(&job);
+                return refuse(
+                    &socket,
+                    ack,
+                    "subscribe-job",
+                    "could not load the job; try again",
+                );
+            }
+        }
+    }
+}
+
+async fn unsubscribe(
+    socket: SocketRef,
+    State(app): State<App>,
+    TryData(arg): TryData<Value>,
+    ack: AckSender,
+    mut turn: Turn,
+) {
+    let session = turn.wait().await;
+    let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
+        return refuse(&socket, ack, "unsubscribe-job", BAD_JOB_ID);
+    };
+    app.hub.end(job, socket.id, None);
+    session.remove_job(&job);
+    debug!(sid = %socket.id, job = %job, "Unsubscribed.");
+    let _ = ack.send(&Ack::ok());
+}
+
+async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: DisconnectReason) {
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    for job in session.take_jobs() {
+        app.hub.end(job, socket.id, None);
+    }
+    info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, ?reason, "Disconnected.");
+}
+
+/// Answers a refused request: an `error` event, and the ack if one was asked
+/// for.
+fn refuse(socket: &SocketRef, ack: AckSender, event: &str, message: &str) {
+    info!(sid = %socket.id, event, reason = message, "Refused a request.");
+    let _ = socket.emit(
+        "error",
+        &ClientError {
+            message: message.to_owned(),
+        },
+    );
+    let _ = ack.send(&Ack::err(message));
+}

@@ -1,0 +1,215 @@
+//! leadgate: a Socket.IO-compatible realtime gateway for job progress.
+//!
+//! [`run`] is the whole server: `main` and the integration tests both call
+//! it with a bound listener and a shutdown future. See `ARCHITECTURE.md` for
+//! how an event travels from a worker to a browser.
+
+pub mod auth;
+pub mod config;
+pub mod dev;
+mod http;
+mod hub;
+mod jobs;
+mod locks;
+mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::http::{HeaderValue, Method, header};
+use leadgate_protocol::{JobEvent, JobUpdate};
+use leadgate_store::{Store, StoreError};
+use socketioxide::SocketIo;
+use socketioxide::handler::ConnectHandler;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+pub use crate::config::Config;
+use crate::config::Secret;
+use crate::dev::{Credentials, JwtKey};
+use crate::hub::Hub;
+use crate::locks::JobLocks;
+
+/// Shared state of one gateway instance; cheap to clone.
+#[derive(Clone)]
+pub struct App(Arc<AppInner>);
+
+pub struct AppInner {
+    store: Store,
+    hub: Hub,
+    verifier: auth::Verifier,
+    api_keys: Vec<Secret>,
+    job_locks: JobLocks,
+    limits: Limits,
+}
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_subscriptions: usize,
+}
+
+impl Deref for App {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+impl App {
+    /// Applies a worker's event to the database and delivers the resulting
+    /// `job-update` to this instance's subscribers, in `seq` order.
+    pub async fn apply_event(
+        &self,
+        job: Uuid,
+        event: JobEvent,
+        expected_seq: Option<i64>,
+    ) -> Result<JobUpdate, StoreError> {
+        // Held across apply and deliver: two events of one job applied
+        // concurrently on this instance are delivered in seq order.
+        let _guard = self.job_locks.lock(job).await;
+        let update = self.store.apply_event(job, event, expected_seq).await?;
+        let sent = self.hub.deliver(&update);
+        debug!(job = %job, seq = update.seq, kind = update.event.kind(), sent, "Delivered a job event.");
+        Ok(update)
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let credentials = Credentials::resolve(&config)?;
+    let verifier = auth::Verifier::new(&credentials.jwt, config.jwt_leeway)?;
+    let addr = listener.local_addr()?;
+    info!("Listening on http://{addr}");
+    log_credentials(&credentials, &verifier);
+
+    let store = Store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact_url(&config.database_url)
+            )
+        })?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    info!(
+        backend = store.backend(),
+        "Database ready, migrations applied."
+    );
+
+    let app = App(Arc::new(AppInner {
+        store: store.clone(),
+        hub: Hub::default(),
+        verifier,
+        api_keys: credentials.api_keys,
+        job_locks: JobLocks::default(),
+        limits: Limits {
+            max_subscriptions: config.max_subscriptions,
+        },
+    }));
+
+    let (layer, io) = SocketIo::builder()
+        .with_state(app.clone())
+        .max_payload(config.max_payload as u64)
+        .ws_max_message_size(config.max_payload)
+        .ws_max_frame_size(config.max_payload)
+        .max_buffer_size(config.socket_buffer)
+        .build_layer();
+    io.ns("/", jobs::on_connect.with(jobs::authenticate));
+
+    let mut router = http::router(app.clone(), config.max_http_body).layer(layer);
+    if !config.allowed_origins.is_empty() {
+        router = router.layer(cors(&config.allowed_origins));
+    }
+
+    let stopping = CancellationToken::new();
+    let signal = {
+        let stopping = stopping.clone();
+        let io = io.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+            info!(
+                sockets = io.sockets().len(),
+                "Shutting down: disconnecting clients."
+            );
+            io.close().await;
+        }
+    };
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .into_future();
+    let grace = config.shutdown_grace();
+    tokio::select! {
+        result = server => result.context("server error")?,
+        () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!(grace_secs = grace.as_secs(), "Connections still open after the grace period; closing them.");
+        }
+    }
+    store.close().await?;
+    info!("Stopped.");
+    Ok(())
+}
+
+fn log_credentials(credentials: &Credentials, verifier: &auth::Verifier) {
+    match (&credentials.jwt, &credentials.dev_file) {
+        (JwtKey::Secret(_), Some(file)) => {
+            warn!(
+                "Development mode: no LEADGATE_JWT_SECRET or LEADGATE_JWT_PUBLIC_KEY is set, so tokens are signed with a generated secret kept in {} (with a worker API key).",
+                file.display()
+            );
+            info!(
+                "Get a development token: leadgate token --sub alice   (add --admin for an admin)"
+            );
+        }
+        (JwtKey::Secret(_), None) => {
+            info!(algorithm = ?verifier.algorithm(), "Verifying tokens with LEADGATE_JWT_SECRET. Get a development token: leadgate token --sub alice");
+        }
+        (JwtKey::PublicKeyPem { path, .. }, _) => {
+            info!(algorithm = ?verifier.algorithm(), key = %path.display(), "Verifying tokens with a public key; tokens come from your identity provider.");
+        }
+    }
+    if credentials.api_keys.is_empty() {
+        warn!("No LEADGATE_API_KEYS: the worker HTTP API refuses every request.");
+    }
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_credentials(true)
+}
+
+/// The database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,147 @@
+//! The `leadgate` command: parse the configuration, set up logging, bind,
+//! and hand over to [`leadgate::run`].
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use leadgate::Config;
+use leadgate::config::LogFormat;
+use leadgate::dev::{Credentials, JwtKey};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+/// A Socket.IO-compatible realtime gateway for job progress and leads.
+#[derive(Debug, Parser)]
+#[command(name = "leadgate", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print a token signed with the configured (or development) HS256 secret.
+    Token {
+        /// The user id (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Add the `admin` role: the token may read every job.
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime, e.g. `30m`, `1h`, `7d`, `3600s`.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: i64,
+    },
+}
+
+fn parse_ttl(s: &str) -> Result<i64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 1h or 7d"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    Ok(n * scale)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = cli.config.validate() {
+        eprintln!("leadgate: invalid configuration: {message}");
+        return ExitCode::from(2);
+    }
+    init_tracing(cli.config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::Migrate => migrate(cli.config).await,
+        Command::Token { sub, admin, ttl } => token(&cli.config, &sub, admin, ttl),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("leadgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sea_orm_migration=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    leadgate::run(config, listener, shutdown_signal()).await
+}
+
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    let store = leadgate_store::Store::connect(&config.database_url)
+        .await
+        .with_context(|| format!("cannot open {}", leadgate::redact_url(&config.database_url)))?;
+    store.migrate().await?;
+    info!(backend = store.backend(), "Migrations applied.");
+    store.close().await?;
+    Ok(())
+}
+
+fn token(config: &Config, sub: &str, admin: bool, ttl: i64) -> anyhow::Result<()> {
+    let credentials = Credentials::resolve(config)?;
+    let JwtKey::Secret(secret) = &credentials.jwt else {
+        anyhow::bail!(
+            "leadgate token signs with an HS256 secret, but LEADGATE_JWT_PUBLIC_KEY is set: get tokens from your identity provider"
+        );
+    };
+    println!(
+        "{}",
+        leadgate::auth::mint(secret.expose(), sub, admin, ttl)?
+    );
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM; a second one exits at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    info!("Shutdown signal received; draining (signal again to exit at once).");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        warn!("Second signal: exiting now.");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,133 @@
+//! Per-connection state of namespace `/`, and the turnstile that makes one
+//! socket's requests run in the order they were sent.
+//!
+//! socketioxide runs every incoming event in its own task, so without help a
+//! quick `subscribe-job` / `unsubscribe-job` pair could take effect in the
+//! wrong order. Extractors, however, run synchronously in arrival order: the
+//! [`Turn`] extractor draws a ticket there, and each handler waits for its
+//! ticket before it acts.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use socketioxide::adapter::Adapter;
+use socketioxide::handler::FromMessageParts;
+use socketioxide::socket::Socket;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+
+/// What the gateway knows about one authenticated connection.
+pub struct Session {
+    pub principal: Principal,
+    jobs: Mutex<HashSet<Uuid>>,
+    next_ticket: AtomicU64,
+    serving: watch::Sender<u64>,
+}
+
+impl Session {
+    pub fn new(principal: Principal) -> Arc<Self> {
+        Arc::new(Session {
+            principal,
+            jobs: Mutex::default(),
+            next_ticket: AtomicU64::new(0),
+            serving: watch::Sender::new(0),
+        })
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a subscription; `false` if that would exceed `limit`.
+    pub fn add_job(&self, job: Uuid, limit: usize) -> bool {
+        let mut jobs = self.jobs();
+        if jobs.contains(&job) {
+            return true;
+        }
+        if jobs.len() >= limit {
+            return false;
+        }
+        jobs.insert(job)
+    }
+
+    pub fn remove_job(&self, job: &Uuid) {
+        self.jobs().remove(job);
+    }
+
+    /// Removes and returns every subscription, for disconnect.
+    pub fn take_jobs(&self) -> Vec<Uuid> {
+        self.jobs().drain().collect()
+    }
+}
+
+/// A place in the socket's queue of requests; see the module docs.
+pub struct Turn {
+    session: Arc<Session>,
+    ticket: u64,
+    reached: bool,
+}
+
+/// The session was not set: the connect middleware did not run. Handlers are
+/// registered only after it succeeded, so this does not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("socket has no session")]
+pub struct NoSession;
+
+impl<A: Adapter> FromMessageParts<A> for Turn {
+    type Error = NoSession;
+
+    fn from_message_parts(
+        s: &Arc<Socket<A>>,
+        _: &mut socketioxide::handler::Value,
+        _: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        let session = s.extensions.get::<Arc<Session>>().ok_or(NoSession)?;
+        let ticket = session.next_ticket.fetch_add(1, Ordering::SeqCst);
+        Ok(Turn {
+            session,
+            ticket,
+            reached: false,
+        })
+    }
+}
+
+impl Turn {
+    /// Waits until every earlier request of this socket has finished.
+    pub async fn wait(&mut self) -> &Arc<Session> {
+        let ticket = self.ticket;
+        let mut serving = self.session.serving.subscribe();
+        // The sender lives in the session we hold, so this cannot fail.
+        let _ = serving.wait_for(|now| *now == ticket).await;
+        self.reached = true;
+        &self.session
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.reached {
+            self.session.serving.send_modify(|now| *now += 1);
+        } else {
+            // Dropped before its turn (the handler was cancelled): pass the
+            // turn on when it comes, so later requests are not stuck.
+            let session = self.session.clone();
+            let ticket = self.ticket;
+            tokio::spawn(async move {
+                let mut serving = session.serving.subscribe();
+                let _ = serving.wait_for(|now| *now == ticket).await;
+                session.serving.send_modify(|now| *now += 1);
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Turn")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
+}

@@ -1,0 +1,17 @@
+//! The leadgate schema, owned here and nowhere else.
+//!
+//! Migrations run at gateway start-up and with `leadgate migrate`; the same
+//! statements serve PostgreSQL and SQLite. Applied migrations are never
+//! edited: a change to the schema is a new migration.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_jobs;
+
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_jobs::Migration)]
+    }
+}
