@@ -34,6 +34,13 @@ pub async fn authenticate(
     match result {
         Ok(principal) => {
             socket.extensions.insert(Session::new(principal));
+            // Registered here, before the client is told it is connected:
+            // socketioxide runs the connect handler in a task of its own, so
+            // an event sent right after `connect` could otherwise arrive
+            // before its handler exists and be lost.
+            socket.on("subscribe-job", subscribe);
+            socket.on("unsubscribe-job", unsubscribe);
+            socket.on_disconnect(on_disconnect);
             Ok(())
         }
         Err(e) => {
@@ -43,14 +50,11 @@ pub async fn authenticate(
     }
 }
 
-/// Connect handler: the socket is authenticated; wire up its events.
+/// Connect handler: the socket is authenticated and its events are wired.
 pub async fn on_connect(socket: SocketRef) {
     if let Some(session) = socket.extensions.get::<Arc<Session>>() {
         info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, transport = ?socket.transport_type(), "Connected.");
     }
-    socket.on("subscribe-job", subscribe);
-    socket.on("unsubscribe-job", unsubscribe);
-    socket.on_disconnect(on_disconnect);
 }
 
 async fn subscribe(

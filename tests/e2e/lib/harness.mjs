@@ -204,8 +204,13 @@ export async function startGateway({ env = {}, timeoutMs = 30_000, args = ['serv
     stop() {
       if (stopped) return stopped;
       stopped = (async () => {
+        const crashed = exited ? exitInfo : null;
         for (const s of sockets) s.close();
         sockets.clear();
+        if (process.env.LEADGATE_E2E_LOG_DIR) {
+          fs.mkdirSync(process.env.LEADGATE_E2E_LOG_DIR, { recursive: true });
+          fs.writeFileSync(path.join(process.env.LEADGATE_E2E_LOG_DIR, `leadgate-${port}.log`), output());
+        }
         if (!exited) {
           child.kill('SIGTERM');
           const killer = setTimeout(() => {
@@ -215,6 +220,11 @@ export async function startGateway({ env = {}, timeoutMs = 30_000, args = ['serv
           clearTimeout(killer);
         }
         await db.drop();
+        if (crashed) {
+          throw new Error(
+            `leadgate exited during the tests (code ${crashed.code}, signal ${crashed.signal})\n--- leadgate output ---\n${output()}\n--- end of output ---`,
+          );
+        }
         return exitInfo;
       })();
       return stopped;
