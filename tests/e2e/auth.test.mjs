@@ -142,6 +142,10 @@ for (const transport of TRANSPORTS) {
       assertRefusal(await connectError(gw, { transport, token: token({ sub: null }) }));
     });
 
+    it('a token that is not valid yet (nbf an hour ahead) is refused', async () => {
+      assertRefusal(await connectError(gw, { transport, token: token({ sub: 'alice', notBefore: 3600, expiresIn: 7200 }) }));
+    });
+
     it('a valid token still connects (control case)', async (t) => {
       const s = await connect(gw, { transport, token: token({ sub: uniqueUser('ok') }) });
       t.after(() => s.close());

@@ -155,7 +155,7 @@ describe('POST /api/v1/jobs/<jobId>/events', () => {
       ['an unknown nested field', { event: { type: 'log', log: { level: 'info', message: 'm', color: 'red' } } }, [/unknown field/i, /color/]],
       ['a wrong type', { event: { type: 'progress', progress: 'fifty', processedLeads: 1, totalLeads: 2 } }, [/invalid type/i]],
       ['a wrong type of error', { event: { type: 'error', status: 'failed', error: 42 } }, [/invalid type/i]],
-      ['a wrong type of seq', { event: { ...progress(1), seq: 'one' } }, [/invalid type/i]],
+      ['a wrong type of seq', { event: { ...progress(1), seq: 'one' } }, [/invalid type|seq/i]],
       ['an unknown status value', { event: { type: 'status', status: 'exploded', message: 'm' } }, [/exploded|unknown variant|status/i]],
       ['an unknown log level', { event: { type: 'log', log: { level: 'verbose', message: 'm' } } }, [/verbose|unknown variant|level/i]],
     ];
@@ -175,7 +175,7 @@ describe('POST /api/v1/jobs/<jobId>/events', () => {
   it('409 when an explicit seq is not exactly the next one', async () => {
     const jobId = await newJob(gw, uniqueUser('http'));
     assertError(await postEvent(gw, jobId, { ...progress(1), seq: 2 }), 409);
-    assertError(await postEvent(gw, jobId, { ...progress(1), seq: 0 }), 409);
+    assertError(await postEvent(gw, jobId, { ...progress(1), seq: 10 }), 409);
     assert.deepEqual((await postEvent(gw, jobId, { ...progress(1), seq: 1 })).body, { jobId, seq: 1 });
     assertError(await postEvent(gw, jobId, { ...progress(1), seq: 1 }), 409, /seq/i);
     assertError(await postEvent(gw, jobId, { ...progress(1), seq: 3 }), 409);
@@ -183,6 +183,13 @@ describe('POST /api/v1/jobs/<jobId>/events', () => {
     // without seq the gateway assigns the next one
     assert.deepEqual((await postEvent(gw, jobId, progress(3))).body, { jobId, seq: 3 });
     assert.deepEqual((await postEvent(gw, jobId, { ...progress(4), seq: 4 })).body, { jobId, seq: 4 });
+  });
+
+  it('409 also for seq 0 (an integer that is not the next seq)', async () => {
+    const jobId = await newJob(gw, uniqueUser('http'));
+    assertError(await postEvent(gw, jobId, { ...progress(1), seq: 0 }), 409);
+    await mustPost(gw, jobId, progress(1));
+    assertError(await postEvent(gw, jobId, { ...progress(2), seq: 0 }), 409);
   });
 
   it('concurrent events with the same explicit seq: exactly one wins', async () => {

@@ -101,6 +101,17 @@ for (const transport of TRANSPORTS) {
       assert.equal(state.high_score_leads, 12);
     });
 
+    it('a subscribe-job sent right on connect is never lost (25 clients connecting at once)', async (t) => {
+      const user = uniqueUser('burst');
+      const jobId = await newJob(gw, user, 100);
+      const clients = Array.from({ length: 25 }, () => seedClient(t, jobId, user, transport));
+      const results = await Promise.allSettled(clients.map((c) => c.statuses.waitFor((x) => x && x.jobId === jobId, 10_000)));
+      const lost = results.filter((r) => r.status === 'rejected').length;
+      assert.equal(lost, 0, `${lost} of 25 clients never got job-status for a subscribe-job emitted on connect`);
+      await mustPost(gw, jobId, { type: 'progress', progress: 1, processedLeads: 1, totalLeads: 100 });
+      await Promise.all(clients.map((c) => c.updates.waitForCount(1, 5_000)));
+    });
+
     it('a second job gets an error update; the reducer shows it as failed', async (t) => {
       const user = uniqueUser('seed');
       const jobId = await newJob(gw, user, 10);

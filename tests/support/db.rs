@@ -71,13 +71,13 @@ impl TestDb {
 
     /// Drops a PostgreSQL database; SQLite files go with their directory.
     pub async fn drop_now(&mut self) {
-        if let Some(name) = self.postgres_name.take() {
-            if let Ok(admin) = Database::connect(postgres_admin_url()).await {
-                let _ = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-                let _ = admin.close().await;
-            }
+        if let Some(name) = self.postgres_name.take()
+            && let Ok(admin) = Database::connect(postgres_admin_url()).await
+        {
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+            let _ = admin.close().await;
         }
     }
 }

@@ -170,14 +170,12 @@ impl SioClient {
 
     /// The next event (skipping acks), or `None` after `within`.
     pub async fn next_event(&mut self, within: Duration) -> Option<(String, Value)> {
-        if let Some(pos) = self
+        let queued = self
             .backlog
             .iter()
-            .position(|i| matches!(i, Incoming::Event(..)))
-        {
-            if let Some(Incoming::Event(n, v)) = self.backlog.remove(pos) {
-                return Some((n, v));
-            }
+            .position(|i| matches!(i, Incoming::Event(..)));
+        if let Some(Incoming::Event(n, v)) = queued.and_then(|pos| self.backlog.remove(pos)) {
+            return Some((n, v));
         }
         let deadline = tokio::time::Instant::now() + within;
         loop {

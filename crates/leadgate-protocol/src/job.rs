@@ -193,12 +193,13 @@ impl JobEvent {
                     )));
                 }
                 for field in COUNTER_FIELDS {
-                    if let Some(v) = results.get(field) {
-                        if v.as_u64().is_none_or(|n| n > u64::from(u32::MAX)) {
-                            return Err(EventError::Invalid(format!(
-                                "results.{field} must be a non-negative integer, got {v}"
-                            )));
-                        }
+                    let Some(v) = results.get(field) else {
+                        continue;
+                    };
+                    if v.as_u64().is_none_or(|n| n > u64::from(u32::MAX)) {
+                        return Err(EventError::Invalid(format!(
+                            "results.{field} must be a non-negative integer, got {v}"
+                        )));
                     }
                 }
                 Ok(())

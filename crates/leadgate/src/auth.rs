@@ -181,12 +181,11 @@ pub fn handshake_token(
     if let Some(token) = bearer_token(headers) {
         return Ok(token.to_owned());
     }
-    if let Some(query) = query {
-        if let Some((_, token)) =
-            form_urlencoded::parse(query.as_bytes()).find(|(k, v)| k == "token" && !v.is_empty())
-        {
-            return Ok(token.into_owned());
-        }
+    let from_query = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes()).find(|(k, v)| k == "token" && !v.is_empty())
+    });
+    if let Some((_, token)) = from_query {
+        return Ok(token.into_owned());
     }
     cookie(headers, "token")
         .map(str::to_owned)

@@ -129,10 +129,12 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot: one clear error naming the option.
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(secret) = &self.jwt_secret {
-            if secret.expose().len() < 16 {
-                return Err("LEADGATE_JWT_SECRET must be at least 16 bytes long".into());
-            }
+        if self
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
+            return Err("LEADGATE_JWT_SECRET must be at least 16 bytes long".into());
         }
         if self.api_keys.iter().any(|k| k.expose().is_empty()) {
             return Err("LEADGATE_API_KEYS contains an empty key".into());

@@ -121,7 +121,7 @@ export async function startGateway({ env = {}, timeoutMs = 30_000, args = ['serv
     LEADGATE_JWT_SECRET: JWT_SECRET,
     LEADGATE_API_KEYS: `${API_KEY},${API_KEY_2}`,
     LEADGATE_LOG_FORMAT: 'text',
-    RUST_LOG: 'info',
+    RUST_LOG: process.env.LEADGATE_E2E_RUST_LOG || 'info',
   };
   // A test environment must never leak into the gateway: it runs standalone.
   delete fullEnv.LEADGATE_REDIS_URL;
