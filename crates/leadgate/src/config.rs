@@ -29,6 +29,21 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Redis URL. Unset: one instance, in-process fan-out. Set: every
+    /// instance subscribes to the job channels and events reach the sockets
+    /// of all of them.
+    #[arg(long, env = "LEADGATE_REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel.
+    #[arg(
+        long,
+        env = "LEADGATE_REDIS_PREFIX",
+        default_value = "leadgate:",
+        global = true
+    )]
+    pub redis_prefix: String,
+
     /// HS256 secret for verifying JWTs (at least 16 bytes). Exactly one of
     /// this or --jwt-public-key; with neither, leadgate runs in development
     /// mode with credentials from --dev-credentials.

@@ -20,6 +20,7 @@ use validator::Validate;
 
 use crate::App;
 use crate::auth::{bearer_token, constant_time_eq};
+use crate::fanout::Fanout;
 
 pub fn router(app: App, max_body: usize) -> Router {
     Router::new()
@@ -74,19 +75,31 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
-    match app.store.ping().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ok", "database": "ok" })),
-        ),
+    let database = match app.store.ping().await {
+        Ok(()) => "ok",
         Err(e) => {
             error!(error = %e, "Readiness check: the database does not answer.");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "database": "unreachable" })),
-            )
+            "unreachable"
         }
+    };
+    let redis = match &*app.fanout {
+        Fanout::Local => None,
+        Fanout::Redis(redis) if !redis.is_subscribed() => Some("unsubscribed"),
+        Fanout::Redis(redis) if !redis.ping().await => Some("unreachable"),
+        Fanout::Redis(_) => Some("ok"),
+    };
+    let ready = database == "ok" && redis.is_none_or(|r| r == "ok");
+    let mut body =
+        json!({ "status": if ready { "ok" } else { "unavailable" }, "database": database });
+    if let Some(redis) = redis {
+        body["redis"] = json!(redis);
     }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
 }
 
 /// Checks the worker's API key against every configured key. The key is

@@ -2,35 +2,43 @@
 //! the one place where `job-status` and `job-update` are sent to them.
 //!
 //! Invariant, per socket and job: updates arrive in `seq` order, none with a
-//! `seq` at or below that of the `job-status` the socket was sent, none twice.
-//! It holds because a subscription is registered *before* its snapshot is
-//! read: updates that arrive while the snapshot is loading are buffered, and
-//! when the snapshot is sent, under the same lock that deliveries take, only
-//! buffered updates newer than it are flushed. From then on every delivery
-//! compares the update's `seq` with the last one the socket was sent.
+//! `seq` at or below that of the last `job-status` the socket was sent, none
+//! twice, none missing. It holds because:
+//!
+//! - a subscription is registered, *pending*, before its snapshot is read;
+//!   updates that arrive meanwhile are buffered, and when the snapshot is
+//!   sent (under the same lock that deliveries take) only buffered updates
+//!   newer than it follow;
+//! - an active subscription is sent an update only if its `seq` is exactly
+//!   the next one. A later `seq` means updates were lost or overtaken on the
+//!   way (a publish that failed, two publishers racing): the subscription
+//!   goes back to pending and the job is queued for a refresh, which sends a
+//!   fresh `job-status` read from the database.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use leadgate_protocol::{JobStatus, JobUpdate};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// Updates buffered for a subscription whose snapshot is still loading. Past
-/// this, the buffer is dropped and the snapshot read again.
+/// Updates buffered for a pending subscription. Past this the buffer is
+/// dropped and the snapshot read again.
 const PENDING_BUFFER: usize = 256;
 
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<Uuid, Vec<Subscriber>>>;
+type Subscribers = HashMap<Uuid, Vec<Subscriber>>;
 
 /// Subscriptions of this instance, sharded by job so that deliveries of
 /// different jobs rarely contend.
 pub struct Hub {
-    shards: Box<[Shard]>,
+    shards: Box<[Mutex<Subscribers>]>,
     next_token: AtomicU64,
+    refresh: RefreshQueue,
 }
 
 struct Subscriber {
@@ -42,6 +50,9 @@ struct Subscriber {
 
 enum State {
     Pending {
+        /// Whether the owner check passed; only then may a refresh send the
+        /// job's state to this socket.
+        authorized: bool,
         buffer: Vec<JobUpdate>,
         overflowed: bool,
     },
@@ -50,14 +61,24 @@ enum State {
     },
 }
 
+impl State {
+    fn pending(authorized: bool) -> State {
+        State::Pending {
+            authorized,
+            buffer: Vec::new(),
+            overflowed: false,
+        }
+    }
+}
+
 /// The outcome of [`Hub::activate`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum Activation {
-    /// The snapshot and any newer buffered updates were sent.
+    /// The snapshot was sent, and any newer buffered updates.
     Sent,
-    /// Too many updates arrived while loading: load the snapshot again.
+    /// Too many updates arrived while loading: read the snapshot again.
     Reload,
-    /// The subscription ended meanwhile (the socket left).
+    /// The subscription ended meanwhile.
     Gone,
 }
 
@@ -66,23 +87,24 @@ impl Default for Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_token: AtomicU64::new(1),
+            refresh: RefreshQueue::default(),
         }
     }
 }
 
 impl Hub {
-    fn shard(&self, job: &Uuid) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Subscriber>>> {
+    fn shard(&self, job: &Uuid) -> MutexGuard<'_, Subscribers> {
         let index = (job.as_u128() % SHARDS as u128) as usize;
-        // A panic while holding the lock cannot leave a half-made change
-        // behind (every change is one push, retain or field write), so a
-        // poisoned shard is still consistent.
+        // Every change under this lock is a single push, retain or field
+        // write, so a panic cannot leave it half-made: a poisoned shard is
+        // still consistent.
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers `socket` for `job` in the pending state, replacing an
-    /// earlier subscription of the same socket. Returns the subscription's
+    /// Registers `socket` for `job`, pending and not yet authorized,
+    /// replacing an earlier subscription of the same socket. Returns the
     /// token for [`Hub::activate`].
     pub fn begin(&self, job: Uuid, socket: &SocketRef) -> u64 {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
@@ -92,16 +114,13 @@ impl Hub {
         subscribers.push(Subscriber {
             socket: socket.clone(),
             token,
-            state: State::Pending {
-                buffer: Vec::new(),
-                overflowed: false,
-            },
+            state: State::pending(false),
         });
         token
     }
 
-    /// Sends the snapshot to a pending subscription, then the buffered
-    /// updates newer than it, and makes the subscription active.
+    /// Authorizes a pending subscription and sends it the snapshot, then the
+    /// buffered updates newer than it.
     pub fn activate(&self, job: Uuid, sid: Sid, token: u64, status: &JobStatus) -> Activation {
         let mut shard = self.shard(&job);
         let Some(sub) = shard.get_mut(&job).and_then(|subs| {
@@ -110,25 +129,88 @@ impl Hub {
         }) else {
             return Activation::Gone;
         };
-        let State::Pending { buffer, overflowed } = &mut sub.state else {
-            return Activation::Sent;
-        };
-        if *overflowed {
-            buffer.clear();
-            *overflowed = false;
-            return Activation::Reload;
+        match &mut sub.state {
+            State::Active { .. } => Activation::Sent,
+            State::Pending {
+                overflowed: true, ..
+            } => {
+                sub.state = State::pending(false);
+                Activation::Reload
+            }
+            State::Pending { .. } => {
+                if !self.send_snapshot(sub, status) {
+                    self.refresh.push(job);
+                }
+                Activation::Sent
+            }
         }
-        let buffered = std::mem::take(buffer);
-        send(&sub.socket, "job-status", status, job);
+    }
+
+    /// Brings every authorized subscription of `job` up to `status`, read
+    /// from the database after the job was queued for a refresh.
+    pub fn refresh(&self, job: Uuid, status: &JobStatus) {
+        let mut shard = self.shard(&job);
+        let Some(subs) = shard.get_mut(&job) else {
+            return;
+        };
+        let mut again = false;
+        for sub in subs.iter_mut() {
+            match &mut sub.state {
+                State::Pending {
+                    authorized: false, ..
+                } => {}
+                State::Pending {
+                    overflowed: true, ..
+                } => {
+                    sub.state = State::pending(true);
+                    again = true;
+                }
+                State::Pending { .. } => again |= !self.send_snapshot(sub, status),
+                State::Active { last_seq } if status.seq > *last_seq => {
+                    *last_seq = status.seq;
+                    send(&sub.socket, "job-status", status, job);
+                }
+                State::Active { .. } => {}
+            }
+        }
+        if again {
+            self.refresh.push(job);
+        }
+    }
+
+    /// Sends the snapshot and the buffered updates that follow it without a
+    /// gap. Returns `false` if a gap remains (the subscription stays
+    /// pending with the rest of its buffer and needs another refresh).
+    fn send_snapshot(&self, sub: &mut Subscriber, status: &JobStatus) -> bool {
+        let State::Pending { buffer, .. } = &mut sub.state else {
+            return true;
+        };
+        let mut buffered = std::mem::take(buffer);
+        buffered.sort_by_key(|u| u.seq);
+        send(&sub.socket, "job-status", status, status.job_id);
         let mut last_seq = status.seq;
-        for update in buffered.iter().filter(|u| u.seq > status.seq) {
-            if update.seq > last_seq {
-                send(&sub.socket, "job-update", update, job);
+        let mut rest = buffered
+            .into_iter()
+            .skip_while(|u| u.seq <= status.seq)
+            .peekable();
+        while let Some(update) = rest.next_if(|u| u.seq <= last_seq + 1) {
+            if update.seq == last_seq + 1 {
+                send(&sub.socket, "job-update", &update, update.job_id);
                 last_seq = update.seq;
             }
         }
-        sub.state = State::Active { last_seq };
-        Activation::Sent
+        let rest: Vec<JobUpdate> = rest.collect();
+        if rest.is_empty() {
+            sub.state = State::Active { last_seq };
+            true
+        } else {
+            sub.state = State::Pending {
+                authorized: true,
+                buffer: rest,
+                overflowed: false,
+            };
+            false
+        }
     }
 
     /// Ends a socket's subscription to `job`. With a token, only that
@@ -144,32 +226,109 @@ impl Hub {
     }
 
     /// Sends `update` to every socket of this instance subscribed to its job
-    /// and returns how many were sent it.
+    /// for which it is the next one; returns how many were sent it.
     pub fn deliver(&self, update: &JobUpdate) -> usize {
         let mut shard = self.shard(&update.job_id);
         let Some(subs) = shard.get_mut(&update.job_id) else {
             return 0;
         };
         let mut sent = 0;
+        let mut gap = false;
         for sub in subs.iter_mut() {
             match &mut sub.state {
-                State::Pending { buffer, overflowed } => {
+                State::Pending {
+                    buffer, overflowed, ..
+                } => {
                     if buffer.len() < PENDING_BUFFER {
                         buffer.push(update.clone());
                     } else {
                         *overflowed = true;
                     }
                 }
-                State::Active { last_seq } if update.seq > *last_seq => {
+                State::Active { last_seq } if update.seq == *last_seq + 1 => {
                     *last_seq = update.seq;
                     if send(&sub.socket, "job-update", update, update.job_id) {
                         sent += 1;
                     }
                 }
+                State::Active { last_seq } if update.seq > *last_seq + 1 => {
+                    tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq = *last_seq, seq = update.seq, "Gap in a job's events; refreshing.");
+                    sub.state = State::Pending {
+                        authorized: true,
+                        buffer: vec![update.clone()],
+                        overflowed: false,
+                    };
+                    gap = true;
+                }
                 State::Active { .. } => {}
             }
         }
+        if gap {
+            self.refresh.push(update.job_id);
+        }
         sent
+    }
+
+    /// Queues every job that has subscribers here for a refresh: after
+    /// events may have been missed (Redis was unreachable).
+    pub fn refresh_all(&self) {
+        let jobs: Vec<Uuid> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .keys()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for job in jobs {
+            self.refresh.push(job);
+        }
+    }
+
+    /// Queues one job for a refresh.
+    pub fn request_refresh(&self, job: Uuid) {
+        self.refresh.push(job);
+    }
+
+    /// Waits until jobs are queued for a refresh and takes them.
+    pub async fn next_refreshes(&self) -> Vec<Uuid> {
+        self.refresh.take().await
+    }
+}
+
+/// Jobs waiting for a refresh. A set, so it is bounded by the number of jobs
+/// with subscribers, and a job queued twice is read once.
+#[derive(Default)]
+struct RefreshQueue {
+    jobs: Mutex<HashSet<Uuid>>,
+    ready: Notify,
+}
+
+impl RefreshQueue {
+    fn push(&self, job: Uuid) {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job);
+        self.ready.notify_one();
+    }
+
+    async fn take(&self) -> Vec<Uuid> {
+        loop {
+            let jobs: Vec<Uuid> = self
+                .jobs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            if !jobs.is_empty() {
+                return jobs;
+            }
+            self.ready.notified().await;
+        }
     }
 }
 

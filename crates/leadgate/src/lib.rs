@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod dev;
+mod fanout;
 mod http;
 mod hub;
 mod jobs;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
+use leadgate_bus::{Channels, Publisher};
 use leadgate_protocol::{JobEvent, JobUpdate};
 use leadgate_store::{Store, StoreError};
 use socketioxide::SocketIo;
@@ -27,12 +29,13 @@ use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 pub use crate::config::Config;
 use crate::config::Secret;
 use crate::dev::{Credentials, JwtKey};
+use crate::fanout::{Fanout, RedisFanout, RedisHandler};
 use crate::hub::Hub;
 use crate::locks::JobLocks;
 
@@ -42,7 +45,8 @@ pub struct App(Arc<AppInner>);
 
 pub struct AppInner {
     store: Store,
-    hub: Hub,
+    hub: Arc<Hub>,
+    fanout: Arc<Fanout>,
     verifier: auth::Verifier,
     api_keys: Vec<Secret>,
     job_locks: JobLocks,
@@ -63,20 +67,19 @@ impl Deref for App {
 }
 
 impl App {
-    /// Applies a worker's event to the database and delivers the resulting
-    /// `job-update` to this instance's subscribers, in `seq` order.
+    /// Applies a worker's event to the database and sends the resulting
+    /// `job-update` to every subscribed socket, on every instance.
     pub async fn apply_event(
         &self,
         job: Uuid,
         event: JobEvent,
         expected_seq: Option<i64>,
     ) -> Result<JobUpdate, StoreError> {
-        // Held across apply and deliver: two events of one job applied
-        // concurrently on this instance are delivered in seq order.
+        // Held across apply and publish: two events of one job applied
+        // concurrently on this instance go out in seq order.
         let _guard = self.job_locks.lock(job).await;
         let update = self.store.apply_event(job, event, expected_seq).await?;
-        let sent = self.hub.deliver(&update);
-        debug!(job = %job, seq = update.seq, kind = update.event.kind(), sent, "Delivered a job event.");
+        self.fanout.publish(&self.hub, &update).await;
         Ok(update)
     }
 }
@@ -111,9 +114,42 @@ pub async fn run(
         "Database ready, migrations applied."
     );
 
+    // Background tasks run until the server has stopped.
+    let tasks = CancellationToken::new();
+    let mut background = Vec::new();
+    let hub = Arc::new(Hub::default());
+    let fanout = match &config.redis_url {
+        None => Arc::new(Fanout::Local),
+        Some(url) => {
+            let channels = Channels::new(config.redis_prefix.clone());
+            let publisher = Publisher::connect(url, channels.clone())
+                .await
+                .with_context(|| format!("cannot reach Redis at {}", redact_url(url)))?;
+            let fanout = Arc::new(Fanout::Redis(RedisFanout::new(publisher)));
+            let handler = Arc::new(RedisHandler {
+                hub: hub.clone(),
+                fanout: fanout.clone(),
+            });
+            background.push(tokio::spawn(leadgate_bus::run_subscription(
+                url.clone(),
+                channels,
+                handler,
+                tasks.clone(),
+            )));
+            info!(redis = %redact_url(url), prefix = %config.redis_prefix, "Fan-out through Redis.");
+            fanout
+        }
+    };
+    background.push(tokio::spawn(fanout::run_refresher(
+        hub.clone(),
+        store.clone(),
+        tasks.clone(),
+    )));
+
     let app = App(Arc::new(AppInner {
         store: store.clone(),
-        hub: Hub::default(),
+        hub,
+        fanout,
         verifier,
         api_keys: credentials.api_keys,
         job_locks: JobLocks::default(),
@@ -162,6 +198,10 @@ pub async fn run(
         () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!(grace_secs = grace.as_secs(), "Connections still open after the grace period; closing them.");
         }
+    }
+    tasks.cancel();
+    for task in background {
+        let _ = task.await;
     }
     store.close().await?;
     info!("Stopped.");

@@ -1,0 +1,198 @@
+//! How a job event reaches the sockets of every instance.
+//!
+//! Without Redis (one instance) an applied event is delivered straight to
+//! this instance's hub. With Redis, it is published on the job's channel and
+//! every instance, this one included, delivers it from its subscription: one
+//! path for events from the HTTP API and from workers that publish
+//! themselves. When Redis is unreachable, an event applied here is delivered
+//! here and its job remembered; once Redis is back, a resync message asks
+//! every instance to re-read those jobs. Each instance also refreshes all of
+//! its subscribed jobs after its own subscription comes back, since events
+//! published meanwhile were lost to it.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use leadgate_bus::{BusEvent, BusHandler, Publisher};
+use leadgate_protocol::{JobUpdate, WorkerEvent};
+use leadgate_store::Store;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::hub::Hub;
+
+/// Snapshots read at once while refreshing.
+const REFRESH_CONCURRENCY: usize = 16;
+
+pub enum Fanout {
+    Local,
+    Redis(RedisFanout),
+}
+
+pub struct RedisFanout {
+    publisher: Publisher,
+    /// Whether this instance's subscription is up.
+    subscribed: AtomicBool,
+    /// Jobs with events that could not be published.
+    unpublished: Mutex<HashSet<Uuid>>,
+}
+
+impl RedisFanout {
+    pub fn new(publisher: Publisher) -> Self {
+        RedisFanout {
+            publisher,
+            subscribed: AtomicBool::new(false),
+            unpublished: Mutex::default(),
+        }
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
+    }
+
+    pub async fn ping(&self) -> bool {
+        self.publisher.ping().await.is_ok()
+    }
+
+    fn unpublished(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.unpublished.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Fanout {
+    /// Sends an applied event on its way to every subscribed socket.
+    pub async fn publish(&self, hub: &Hub, update: &JobUpdate) {
+        match self {
+            Fanout::Local => {
+                let sent = hub.deliver(update);
+                debug!(job = %update.job_id, seq = update.seq, sent, "Delivered a job event.");
+            }
+            Fanout::Redis(redis) => {
+                if let Err(e) = redis.publisher.publish_update(update).await {
+                    warn!(job = %update.job_id, seq = update.seq, error = %e, "Could not publish a job event to Redis; delivering it on this instance only.");
+                    redis.unpublished().insert(update.job_id);
+                    hub.deliver(update);
+                }
+            }
+        }
+    }
+}
+
+/// Feeds what the Redis subscription sees into the hub.
+pub struct RedisHandler {
+    pub hub: Arc<Hub>,
+    pub fanout: Arc<Fanout>,
+}
+
+impl BusHandler for RedisHandler {
+    fn on_event(&self, event: BusEvent<'_>) {
+        let Fanout::Redis(redis) = &*self.fanout else {
+            return;
+        };
+        match event {
+            BusEvent::Subscribed { reconnect } => {
+                redis.subscribed.store(true, Ordering::Relaxed);
+                // Whatever was published while we were not subscribed is
+                // lost to us: read every followed job again.
+                self.hub.refresh_all();
+                let jobs: Vec<Uuid> = redis.unpublished().drain().collect();
+                if !jobs.is_empty() {
+                    let publisher = redis.publisher.clone();
+                    let fanout = self.fanout.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = publisher.publish_resync(&jobs).await {
+                            warn!(error = %e, jobs = jobs.len(), "Could not publish a resync; will retry after the next reconnect.");
+                            if let Fanout::Redis(redis) = &*fanout {
+                                redis.unpublished().extend(jobs);
+                            }
+                        }
+                    });
+                }
+                if reconnect {
+                    info!("Redis is back; refreshing every subscribed job.");
+                }
+            }
+            BusEvent::Lost { reason } => {
+                redis.subscribed.store(false, Ordering::Relaxed);
+                error!(%reason, "Redis unreachable: events from other instances and workers are not delivered until it is back.");
+            }
+            BusEvent::Job { job, payload } => self.on_job_message(job, payload),
+            BusEvent::Resync { payload } => match serde_json::from_slice::<Vec<Uuid>>(payload) {
+                Ok(jobs) => jobs
+                    .into_iter()
+                    .for_each(|job| self.hub.request_refresh(job)),
+                Err(e) => warn!(error = %e, "Ignored an invalid resync message."),
+            },
+        }
+    }
+}
+
+impl RedisHandler {
+    fn on_job_message(&self, channel_job: &str, payload: &[u8]) {
+        let Ok(job) = Uuid::try_parse(channel_job) else {
+            warn!(
+                source = "redis",
+                channel_job, "Ignored a job event on a channel whose job id is not a UUID."
+            );
+            return;
+        };
+        let event = match WorkerEvent::from_slice(payload) {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(source = "redis", job = %job, reason = %e, "Ignored an invalid job event.");
+                return;
+            }
+        };
+        if event.job_id.is_some_and(|id| id != job) {
+            warn!(source = "redis", job = %job, "Ignored a job event whose jobId differs from its channel's.");
+            return;
+        }
+        match event.seq {
+            Some(seq) => {
+                let sent = self.hub.deliver(&JobUpdate {
+                    job_id: job,
+                    seq,
+                    event: event.event,
+                });
+                debug!(source = "redis", job = %job, seq, sent, "Delivered a job event.");
+            }
+            None => {
+                // Without its seq the event cannot be placed in order; the
+                // database has it (the worker applied it), so subscribers get
+                // the job's fresh state instead.
+                debug!(source = "redis", job = %job, "Job event without seq; refreshing the job.");
+                self.hub.request_refresh(job);
+            }
+        }
+    }
+}
+
+/// Reads the snapshots of jobs queued for a refresh and hands them to the
+/// hub, until `cancel`.
+pub async fn run_refresher(hub: Arc<Hub>, store: Store, cancel: CancellationToken) {
+    loop {
+        let jobs = tokio::select! {
+            () = cancel.cancelled() => return,
+            jobs = hub.next_refreshes() => jobs,
+        };
+        futures_util::stream::iter(jobs)
+            .for_each_concurrent(REFRESH_CONCURRENCY, |job| {
+                let (hub, store) = (hub.clone(), store.clone());
+                async move {
+                    match store.job_status(job).await {
+                        Ok(Some(found)) => hub.refresh(job, &found.status),
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(job = %job, error = %e, "Could not read a job to refresh its subscribers; retrying.");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            hub.request_refresh(job);
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+}
