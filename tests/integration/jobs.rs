@@ -259,7 +259,7 @@ async fn state_survives_a_restart(backend: Backend) {
         json!({ "type": "log", "log": { "level": "warn", "message": "slow portal" } }),
     )
     .await;
-    let db = gw.stop().await;
+    let db = gw.stop().await.unwrap();
 
     let gw = Gateway::start_on(db, &[]).await;
     let mut socket = SioClient::connect(gw.addr, &gw.token("alice")).await;

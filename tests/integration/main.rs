@@ -24,5 +24,6 @@ macro_rules! on_every_backend {
 }
 
 mod auth;
+mod fanout;
 mod jobs;
 mod worker_api;

@@ -23,6 +23,7 @@ struct Args {
 
 pub struct Gateway {
     pub addr: SocketAddr,
+    database_url: String,
     pub http: reqwest::Client,
     db: Option<TestDb>,
     stop: Option<oneshot::Sender<()>>,
@@ -37,12 +38,19 @@ impl Gateway {
 
     /// Starts a gateway on `db` with extra command-line flags.
     pub async fn start_on(db: TestDb, extra: &[&str]) -> Gateway {
+        let mut gateway = Self::start_shared(&db.url, extra).await;
+        gateway.db = Some(db);
+        gateway
+    }
+
+    /// Starts a gateway on a database another gateway owns.
+    pub async fn start_shared(database_url: &str, extra: &[&str]) -> Gateway {
         let mut args = vec![
             "leadgate",
             "--listen",
             "127.0.0.1:0",
             "--database-url",
-            &db.url,
+            database_url,
             "--jwt-secret",
             SECRET,
             "--api-keys",
@@ -60,8 +68,9 @@ impl Gateway {
         }));
         let gateway = Gateway {
             addr,
+            database_url: database_url.to_owned(),
             http: reqwest::Client::new(),
-            db: Some(db),
+            db: None,
             stop: Some(stop),
             task: Some(task),
         };
@@ -79,6 +88,10 @@ impl Gateway {
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("the gateway did not become ready on {}", self.addr);
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self.database_url
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -129,8 +142,15 @@ impl Gateway {
         )
     }
 
-    /// Stops the gateway and waits for it to finish; keeps the database.
-    pub async fn stop(&mut self) -> TestDb {
+    /// `GET /readyz`'s body.
+    pub async fn readiness(&self) -> serde_json::Value {
+        let response = self.http.get(self.url("/readyz")).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// Stops the gateway and waits for it to finish; hands back the
+    /// database it owned.
+    pub async fn stop(&mut self) -> Option<TestDb> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -139,11 +159,13 @@ impl Gateway {
                 .unwrap()
                 .expect("the gateway stopped with an error");
         }
-        self.db.take().expect("the gateway was stopped twice")
+        self.db.take()
     }
 
-    /// Stops the gateway and drops its database.
+    /// Stops the gateway and drops its database, if it owned one.
     pub async fn shutdown(mut self) {
-        self.stop().await.drop_now().await;
+        if let Some(mut db) = self.stop().await {
+            db.drop_now().await;
+        }
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod db;
 pub mod gateway;
+pub mod redis_server;
 pub mod sio;
 
 pub use db::{Backend, TestDb};
 pub use gateway::Gateway;
+pub use redis_server::{RedisServer, shared_redis_url};
 pub use sio::SioClient;
