@@ -37,5 +37,5 @@ cargo test --workspace
 export LEADGATE_BIN="$PWD/target/debug/leadgate"
 for backend in sqlite postgres; do
   echo "==> end-to-end tests with socket.io-client ($backend)"
-  LEADGATE_TEST_BACKEND=$backend node --test --test-concurrency=2 tests/e2e/
+  LEADGATE_TEST_BACKEND=$backend node --test --test-concurrency=2 tests/e2e/*.test.mjs
 done

@@ -185,11 +185,13 @@ describe('POST /api/v1/jobs/<jobId>/events', () => {
     assert.deepEqual((await postEvent(gw, jobId, { ...progress(4), seq: 4 })).body, { jobId, seq: 4 });
   });
 
-  it('409 also for seq 0 (an integer that is not the next seq)', async () => {
+  it('400 for a seq that is not a positive integer (seqs start at 1)', async () => {
     const jobId = await newJob(gw, uniqueUser('http'));
-    assertError(await postEvent(gw, jobId, { ...progress(1), seq: 0 }), 409);
-    await mustPost(gw, jobId, progress(1));
-    assertError(await postEvent(gw, jobId, { ...progress(2), seq: 0 }), 409);
+    for (const seq of [0, -1, 1.5, '1']) {
+      assertError(await postEvent(gw, jobId, { ...progress(1), seq }), 400, /seq must be a positive integer/);
+    }
+    // Nothing was applied: the first event still gets seq 1.
+    assert.deepEqual((await postEvent(gw, jobId, { ...progress(1), seq: 1 })).body, { jobId, seq: 1 });
   });
 
   it('concurrent events with the same explicit seq: exactly one wins', async () => {
