@@ -173,6 +173,13 @@ impl Config {
         Ok(())
     }
 
+    /// The Redis URL, if one is set (an empty value counts as unset).
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis_url
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace)
     }

@@ -118,7 +118,7 @@ pub async fn run(
     let tasks = CancellationToken::new();
     let mut background = Vec::new();
     let hub = Arc::new(Hub::default());
-    let fanout = match &config.redis_url {
+    let fanout = match config.redis_url() {
         None => Arc::new(Fanout::Local),
         Some(url) => {
             let channels = Channels::new(config.redis_prefix.clone());
@@ -131,7 +131,7 @@ pub async fn run(
                 fanout: fanout.clone(),
             });
             background.push(tokio::spawn(leadgate_bus::run_subscription(
-                url.clone(),
+                url.to_owned(),
                 channels,
                 handler,
                 tasks.clone(),

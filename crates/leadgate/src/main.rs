@@ -40,6 +40,32 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: i64,
     },
+    /// Report a job's life as a worker does (database and Redis).
+    Job {
+        #[command(subcommand)]
+        action: JobAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobAction {
+    /// Create a pending job for a user and print its id.
+    Create {
+        /// The owner's user id (the `sub` of their tokens).
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 0)]
+        total_leads: u32,
+    },
+    /// Apply one event to a job and publish it to every gateway; prints the
+    /// resulting job-update with its seq. Needs LEADGATE_REDIS_URL.
+    Event {
+        /// The job's id.
+        job: uuid::Uuid,
+        /// The event: a job-update JSON without seq, e.g.
+        /// '{"type":"progress","progress":50,"processedLeads":5,"totalLeads":10}'.
+        event: String,
+    },
 }
 
 fn parse_ttl(s: &str) -> Result<i64, String> {
@@ -69,6 +95,7 @@ async fn main() -> ExitCode {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => migrate(cli.config).await,
         Command::Token { sub, admin, ttl } => token(&cli.config, &sub, admin, ttl),
+        Command::Job { action } => job(&cli.config, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,6 +144,39 @@ fn token(config: &Config, sub: &str, admin: bool, ttl: i64) -> anyhow::Result<()
         "{}",
         leadgate::auth::mint(secret.expose(), sub, admin, ttl)?
     );
+    Ok(())
+}
+
+async fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
+    match action {
+        JobAction::Create { user, total_leads } => {
+            let store = leadgate_store::Store::connect(&config.database_url).await?;
+            println!("{}", store.create_job(&user, total_leads).await?);
+            store.close().await?;
+        }
+        JobAction::Event { job, event } => {
+            let Some(redis_url) = config.redis_url() else {
+                anyhow::bail!(
+                    "leadgate job event publishes through Redis: set LEADGATE_REDIS_URL (without Redis, POST the event to /api/v1/jobs/{job}/events)"
+                );
+            };
+            let event = leadgate_protocol::WorkerEvent::from_slice(event.as_bytes())?;
+            if event.seq.is_some() {
+                anyhow::bail!("leave seq out: leadgate job event assigns the job's next seq");
+            }
+            if event.job_id.is_some_and(|id| id != job) {
+                anyhow::bail!("the event's jobId differs from {job}");
+            }
+            let worker = leadgate_worker::Worker::connect(
+                &config.database_url,
+                redis_url,
+                &config.redis_prefix,
+            )
+            .await?;
+            let update = worker.report(job, event.event).await?;
+            println!("{}", serde_json::to_string(&update)?);
+        }
+    }
     Ok(())
 }
 
