@@ -15,6 +15,7 @@ on_every_backend!(
     other_users_job_and_unknown_job_look_the_same,
     bad_job_ids_get_a_clear_error_and_the_socket_stays_usable,
     state_survives_a_restart,
+    shutdown_closes_connections_and_finishes,
 );
 
 fn progress(n: u32) -> Value {
@@ -273,4 +274,30 @@ async fn state_survives_a_restart(backend: Backend) {
     let (code, body) = gw.post_event(job, progress(31)).await;
     assert_eq!((code, body["seq"].clone()), (202, json!(3)));
     gw.shutdown().await;
+}
+
+async fn shutdown_closes_connections_and_finishes(backend: Backend) {
+    let mut gw = Gateway::start(backend).await;
+    let job = gw.create_job("alice").await;
+    let mut sockets = Vec::new();
+    for _ in 0..3 {
+        let mut socket = SioClient::connect(gw.addr, &gw.token("alice")).await;
+        socket.emit_ack("subscribe-job", json!(job)).await;
+        socket.expect("job-status").await;
+        sockets.push(socket);
+    }
+    let started = std::time::Instant::now();
+    let db = tokio::time::timeout(Duration::from_secs(12), gw.stop())
+        .await
+        .expect("the gateway drains within its grace period");
+    println!(
+        "shutdown with 3 sockets took {} ms",
+        started.elapsed().as_millis()
+    );
+    for mut socket in sockets {
+        assert!(socket.closed_within(Duration::from_secs(2)).await);
+    }
+    if let Some(mut db) = db {
+        db.drop_now().await;
+    }
 }

@@ -202,6 +202,20 @@ impl SioClient {
         }
     }
 
+    /// Whether the server closes the connection within `within` (messages
+    /// received meanwhile are discarded).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let closing = async {
+            loop {
+                match self.ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, closing).await.is_ok()
+    }
+
     /// Closes the connection.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

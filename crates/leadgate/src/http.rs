@@ -3,6 +3,8 @@
 //! Worker API requests carry `Authorization: Bearer <api key>`. Errors are
 //! JSON `{ "error": "…" }` whose text tells the worker's author what to fix.
 
+use std::sync::atomic::Ordering;
+
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -88,9 +90,14 @@ async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
         Fanout::Redis(redis) if !redis.ping().await => Some("unreachable"),
         Fanout::Redis(_) => Some("ok"),
     };
-    let ready = database == "ok" && redis.is_none_or(|r| r == "ok");
-    let mut body =
-        json!({ "status": if ready { "ok" } else { "unavailable" }, "database": database });
+    let draining = app.draining.load(Ordering::Relaxed);
+    let ready = !draining && database == "ok" && redis.is_none_or(|r| r == "ok");
+    let summary = match (ready, draining) {
+        (true, _) => "ok",
+        (false, true) => "draining",
+        (false, false) => "unavailable",
+    };
+    let mut body = json!({ "status": summary, "database": database });
     if let Some(redis) = redis {
         body["redis"] = json!(redis);
     }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
@@ -51,6 +52,8 @@ pub struct AppInner {
     api_keys: Vec<Secret>,
     job_locks: JobLocks,
     limits: Limits,
+    /// Set on shutdown: `/readyz` answers 503 from then on.
+    draining: AtomicBool,
 }
 
 /// Per-connection limits.
@@ -156,6 +159,7 @@ pub async fn run(
         limits: Limits {
             max_subscriptions: config.max_subscriptions,
         },
+        draining: AtomicBool::new(false),
     }));
 
     let (layer, io) = SocketIo::builder()
@@ -172,19 +176,29 @@ pub async fn run(
         router = router.layer(cors(&config.allowed_origins));
     }
 
+    // Shutdown, in order: report not ready (load balancers stop sending
+    // new clients), stop accepting, then close every client's transport.
+    // Clients see `transport close` and socket.io-client reconnects by
+    // itself, through the load balancer to another instance.
     let stopping = CancellationToken::new();
     let signal = {
-        let stopping = stopping.clone();
-        let io = io.clone();
+        let (stopping, app) = (stopping.clone(), app.clone());
         async move {
             shutdown.await;
+            app.draining.store(true, Ordering::Relaxed);
             stopping.cancel();
+        }
+    };
+    let closer = {
+        let (stopping, io) = (stopping.clone(), io.clone());
+        tokio::spawn(async move {
+            stopping.cancelled().await;
             info!(
                 sockets = io.sockets().len(),
-                "Shutting down: disconnecting clients."
+                "Shutting down: closing client connections."
             );
             io.close().await;
-        }
+        })
     };
     let server = axum::serve(
         listener,
@@ -193,8 +207,15 @@ pub async fn run(
     .with_graceful_shutdown(signal)
     .into_future();
     let grace = config.shutdown_grace();
+    // WebSocket connections are upgraded out of the HTTP server's sight, so
+    // the server can finish before they are closed: wait for the closer too.
+    let drained = async {
+        let result = server.await;
+        let _ = closer.await;
+        result
+    };
     tokio::select! {
-        result = server => result.context("server error")?,
+        result = drained => result.context("server error")?,
         () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!(grace_secs = grace.as_secs(), "Connections still open after the grace period; closing them.");
         }
