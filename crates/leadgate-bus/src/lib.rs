@@ -23,7 +23,7 @@ use uuid::Uuid;
 const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -153,7 +153,7 @@ pub trait BusHandler: Send + Sync + 'static {
 
 /// Runs the subscription until `cancel`: connects, subscribes to every job
 /// channel and the resync channel, hands messages to `handler`, and when the
-/// connection fails, reconnects with exponential backoff (0.1 s to 5 s) and
+/// connection fails, reconnects with exponential backoff (0.1 s to 1 s) and
 /// subscribes again.
 pub async fn run_subscription(
     url: String,
