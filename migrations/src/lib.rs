@@ -7,11 +7,15 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_jobs;
+mod m20261122_000002_leads;
 
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_jobs::Migration)]
+        vec![
+            Box::new(m20261122_000001_jobs::Migration),
+            Box::new(m20261122_000002_leads::Migration),
+        ]
     }
 }

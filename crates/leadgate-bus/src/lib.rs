@@ -59,6 +59,16 @@ impl Channels {
         format!("{}resync", self.prefix)
     }
 
+    /// `<prefix>leads`: crawlers announce new data here.
+    pub fn leads(&self) -> String {
+        format!("{}leads", self.prefix)
+    }
+
+    /// `<prefix>crawl`: the gateways announce crawl requests here.
+    pub fn crawl(&self) -> String {
+        format!("{}crawl", self.prefix)
+    }
+
     /// The job id of a job channel.
     pub fn job_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
         channel.strip_prefix(&self.prefix)?.strip_prefix("job:")
@@ -123,6 +133,18 @@ impl Publisher {
         Ok(())
     }
 
+    /// Publishes a JSON message on `channel`.
+    pub async fn publish_json<T: serde::Serialize>(
+        &self,
+        channel: String,
+        message: &T,
+    ) -> Result<(), BusError> {
+        let payload = serde_json::to_string(message).expect("messages always serialize");
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.publish(channel, payload).await?;
+        Ok(())
+    }
+
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
@@ -143,6 +165,8 @@ pub enum BusEvent<'a> {
     Job { job: &'a str, payload: &'a [u8] },
     /// A message on the resync channel.
     Resync { payload: &'a [u8] },
+    /// A message on the leads channel.
+    Leads { payload: &'a [u8] },
 }
 
 /// Receives what the subscription sees. Called from the subscription task;
@@ -230,7 +254,7 @@ async fn subscribe_once(
     sink.psubscribe(channels.job_pattern())
         .await
         .map_err(Failure::before)?;
-    sink.subscribe(channels.resync())
+    sink.subscribe(&[channels.resync(), channels.leads()])
         .await
         .map_err(Failure::before)?;
     info!(reconnect, "Subscribed to Redis job channels.");
@@ -250,6 +274,8 @@ async fn subscribe_once(
                     handler.on_event(BusEvent::Job { job, payload });
                 } else if channel == channels.resync() {
                     handler.on_event(BusEvent::Resync { payload });
+                } else if channel == channels.leads() {
+                    handler.on_event(BusEvent::Leads { payload });
                 }
             }
             _ = ping.tick() => {
@@ -277,5 +303,9 @@ mod tests {
         assert_eq!(c.job_pattern(), "lg:job:*");
         assert_eq!(Channels::new("a*b:").job_pattern(), "a\\*b:job:*");
         assert_eq!(c.resync(), "lg:resync");
+        assert_eq!(
+            (c.leads(), c.crawl()),
+            ("lg:leads".into(), "lg:crawl".into())
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! gateway, the store and worker tooling can all share it.
 
 mod job;
+pub mod leads;
 mod time;
 
 pub use job::{

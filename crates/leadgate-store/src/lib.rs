@@ -7,6 +7,7 @@
 //! transaction, and returns the `job-update` to fan out.
 
 mod entity;
+mod leads;
 
 use std::time::Duration;
 
@@ -44,10 +45,12 @@ pub struct OwnedJobStatus {
     pub status: JobStatus,
 }
 
+pub use leads::CRAWL_QUEUED;
+
 /// A handle on the database; cheap to clone (it wraps a connection pool).
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: DatabaseConnection,
+    pub(crate) db: DatabaseConnection,
 }
 
 impl Store {

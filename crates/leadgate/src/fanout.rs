@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use leadgate_bus::{BusEvent, BusHandler, Publisher};
+use leadgate_protocol::leads::{CrawlRequested, LeadsChanged, LeadsChangedKind};
 use leadgate_protocol::{JobUpdate, WorkerEvent};
 use leadgate_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::hub::Hub;
+use crate::leads::Leads;
 
 /// Snapshots read at once while refreshing.
 const REFRESH_CONCURRENCY: usize = 16;
@@ -63,6 +65,40 @@ impl RedisFanout {
 }
 
 impl Fanout {
+    /// Tells crawlers of a new crawl request (through Redis; without Redis
+    /// they find it in the `crawl_requests` table).
+    pub async fn announce_crawl(&self, request_id: i64, provider: Option<&str>) {
+        if let Fanout::Redis(redis) = self {
+            let message = CrawlRequested {
+                kind: "crawl_requested".into(),
+                request_id,
+                provider: provider.map(str::to_owned),
+            };
+            let channel = redis.publisher.channels().crawl();
+            if let Err(e) = redis.publisher.publish_json(channel, &message).await {
+                warn!(request_id, error = %e, "Could not announce a crawl request; crawlers find it in the database.");
+            }
+        }
+    }
+
+    /// Announces that leads changed, to every instance.
+    pub async fn leads_changed(&self, leads: &Leads, provider: Option<String>) {
+        match self {
+            Fanout::Local => leads.changed(provider),
+            Fanout::Redis(redis) => {
+                let message = LeadsChanged {
+                    kind: LeadsChangedKind::LeadsUpdated,
+                    provider: provider.clone(),
+                };
+                let channel = redis.publisher.channels().leads();
+                if let Err(e) = redis.publisher.publish_json(channel, &message).await {
+                    warn!(error = %e, "Could not publish leads_updated; updating this instance's clients only.");
+                    leads.changed(provider);
+                }
+            }
+        }
+    }
+
     /// Sends an applied event on its way to every subscribed socket.
     pub async fn publish(&self, hub: &Hub, update: &JobUpdate) {
         match self {
@@ -85,6 +121,7 @@ impl Fanout {
 pub struct RedisHandler {
     pub hub: Arc<Hub>,
     pub fanout: Arc<Fanout>,
+    pub leads: Arc<Leads>,
 }
 
 impl BusHandler for RedisHandler {
@@ -96,8 +133,11 @@ impl BusHandler for RedisHandler {
             BusEvent::Subscribed { reconnect } => {
                 redis.subscribed.store(true, Ordering::Relaxed);
                 // Whatever was published while we were not subscribed is
-                // lost to us: read every followed job again.
+                // lost to us: read every followed job and page again.
                 self.hub.refresh_all();
+                if reconnect {
+                    self.leads.changed(None);
+                }
                 let jobs: Vec<Uuid> = redis.unpublished().drain().collect();
                 if !jobs.is_empty() {
                     let publisher = redis.publisher.clone();
@@ -120,6 +160,10 @@ impl BusHandler for RedisHandler {
                 error!(%reason, "Redis unreachable: events from other instances and workers are not delivered until it is back.");
             }
             BusEvent::Job { job, payload } => self.on_job_message(job, payload),
+            BusEvent::Leads { payload } => match serde_json::from_slice::<LeadsChanged>(payload) {
+                Ok(message) => self.leads.changed(message.provider),
+                Err(e) => warn!(source = "redis", error = %e, "Ignored an invalid leads message."),
+            },
             BusEvent::Resync { payload } => match serde_json::from_slice::<Vec<Uuid>>(payload) {
                 Ok(jobs) => jobs
                     .into_iter()

@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use leadgate_protocol::leads::LeadsChanged;
 use leadgate_protocol::{WorkerEvent, parse_job_id};
 use leadgate_store::StoreError;
 use serde::Deserialize;
@@ -21,7 +22,7 @@ use tracing::{error, info};
 use validator::Validate;
 
 use crate::App;
-use crate::auth::{bearer_token, constant_time_eq};
+use crate::auth::{AuthError, bearer_token, constant_time_eq};
 use crate::fanout::Fanout;
 
 pub fn router(app: App, max_body: usize) -> Router {
@@ -30,6 +31,10 @@ pub fn router(app: App, max_body: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/jobs", post(create_job))
         .route("/api/v1/jobs/{job_id}/events", post(post_event))
+        .route("/api/v1/leads/sync", post(leads_sync))
+        .route("/api/v1/leads/events", post(leads_event))
+        .route("/ws/leads/", get(crate::leads::ws::upgrade))
+        .route("/ws/leads", get(crate::leads::ws::upgrade))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(app)
 }
@@ -201,6 +206,55 @@ async fn post_event(
         StatusCode::ACCEPTED,
         Json(json!({ "jobId": job, "seq": update.seq })),
     ))
+}
+
+/// `POST /api/v1/leads/sync`, for a signed-in user (Bearer JWT): the same
+/// as the `sync` message.
+async fn leads_sync(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let token = bearer_token(&headers)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, AuthError::Missing.to_string()))?;
+    let user = app
+        .verifier
+        .verify(token)
+        .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let body = body?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SyncRequest {
+        #[serde(default)]
+        provider: Option<String>,
+    }
+    let request: SyncRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SyncRequest { provider: None }
+    } else {
+        parse_json(&body)?
+    };
+    let frame = app.leads.sync(&user, request.provider.as_deref()).await;
+    let answer: Value = serde_json::from_str(frame.json.get()).unwrap_or_default();
+    if frame.kind == "error" {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            answer["detail"].as_str().unwrap_or("sync failed"),
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// `POST /api/v1/leads/events` `{ type: 'leads_updated', provider }`, for
+/// crawlers (API key): tells every instance's leads clients.
+async fn leads_event(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    authorize_worker(&app, &headers)?;
+    let message: LeadsChanged = parse_json(&body?)?;
+    app.fanout.leads_changed(&app.leads, message.provider).await;
+    Ok(StatusCode::ACCEPTED)
 }
 
 fn store_error(e: StoreError) -> ApiError {

@@ -16,7 +16,7 @@ use tracing::{debug, error, info};
 use crate::App;
 use crate::auth::{AuthError, handshake_token};
 use crate::hub::Activation;
-use crate::session::{Session, Turn};
+use crate::session::{Session, Turn, Turnstile};
 
 /// The answer for an unknown job and for another user's job alike.
 pub const JOB_NOT_FOUND: &str = "job not found";
@@ -34,6 +34,7 @@ pub async fn authenticate(
     match result {
         Ok(principal) => {
             socket.extensions.insert(Session::new(principal));
+            socket.extensions.insert(Turnstile::new());
             // Registered here, before the client is told it is connected:
             // socketioxide runs the connect handler in a task of its own, so
             // an event sent right after `connect` could otherwise arrive
@@ -64,7 +65,10 @@ async fn subscribe(
     ack: AckSender,
     mut turn: Turn,
 ) {
-    let session = turn.wait().await;
+    turn.wait().await;
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
     let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
         return refuse(&socket, ack, "subscribe-job", BAD_JOB_ID);
     };
@@ -116,7 +120,10 @@ async fn unsubscribe(
     ack: AckSender,
     mut turn: Turn,
 ) {
-    let session = turn.wait().await;
+    turn.wait().await;
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
     let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
         return refuse(&socket, ack, "unsubscribe-job", BAD_JOB_ID);
     };

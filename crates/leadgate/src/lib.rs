@@ -11,6 +11,7 @@ mod fanout;
 mod http;
 mod hub;
 mod jobs;
+mod leads;
 mod locks;
 mod session;
 
@@ -38,7 +39,11 @@ use crate::config::Secret;
 use crate::dev::{Credentials, JwtKey};
 use crate::fanout::{Fanout, RedisFanout, RedisHandler};
 use crate::hub::Hub;
+use crate::leads::Leads;
 use crate::locks::JobLocks;
+
+/// How often, without Redis, the leads table is checked for crawlers' writes.
+const LEADS_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shared state of one gateway instance; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +53,7 @@ pub struct AppInner {
     store: Store,
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
+    leads: Arc<Leads>,
     verifier: auth::Verifier,
     api_keys: Vec<Secret>,
     job_locks: JobLocks,
@@ -60,6 +66,7 @@ pub struct AppInner {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_subscriptions: usize,
+    pub max_payload: usize,
 }
 
 impl Deref for App {
@@ -121,43 +128,59 @@ pub async fn run(
     let tasks = CancellationToken::new();
     let mut background = Vec::new();
     let hub = Arc::new(Hub::default());
-    let fanout = match config.redis_url() {
-        None => Arc::new(Fanout::Local),
+    let publisher = match config.redis_url() {
+        None => None,
         Some(url) => {
             let channels = Channels::new(config.redis_prefix.clone());
             let publisher = Publisher::connect(url, channels.clone())
                 .await
                 .with_context(|| format!("cannot reach Redis at {}", redact_url(url)))?;
-            let fanout = Arc::new(Fanout::Redis(RedisFanout::new(publisher)));
+            info!(redis = %redact_url(url), prefix = %config.redis_prefix, "Fan-out through Redis.");
+            Some((url.to_owned(), channels, publisher))
+        }
+    };
+    let fanout = Arc::new(match &publisher {
+        None => Fanout::Local,
+        Some((_, _, publisher)) => Fanout::Redis(RedisFanout::new(publisher.clone())),
+    });
+    let leads = Arc::new(Leads::new(store.clone(), fanout.clone()));
+    match publisher {
+        Some((url, channels, _)) => {
             let handler = Arc::new(RedisHandler {
                 hub: hub.clone(),
                 fanout: fanout.clone(),
+                leads: leads.clone(),
             });
             background.push(tokio::spawn(leadgate_bus::run_subscription(
-                url.to_owned(),
+                url,
                 channels,
                 handler,
                 tasks.clone(),
             )));
-            info!(redis = %redact_url(url), prefix = %config.redis_prefix, "Fan-out through Redis.");
-            fanout
         }
-    };
+        // Crawlers without Redis only write the database: notice it.
+        None => background.push(tokio::spawn(
+            leads.clone().run_watcher(LEADS_WATCH_EVERY, tasks.clone()),
+        )),
+    }
     background.push(tokio::spawn(fanout::run_refresher(
         hub.clone(),
         store.clone(),
         tasks.clone(),
     )));
+    background.push(tokio::spawn(leads.clone().run_pusher(tasks.clone())));
 
     let app = App(Arc::new(AppInner {
         store: store.clone(),
         hub,
         fanout,
+        leads,
         verifier,
         api_keys: credentials.api_keys,
         job_locks: JobLocks::default(),
         limits: Limits {
             max_subscriptions: config.max_subscriptions,
+            max_payload: config.max_payload,
         },
         draining: AtomicBool::new(false),
     }));
@@ -170,6 +193,10 @@ pub async fn run(
         .max_buffer_size(config.socket_buffer)
         .build_layer();
     io.ns("/", jobs::on_connect.with(jobs::authenticate));
+    io.ns(
+        "/leads",
+        leads::sio::on_connect.with(leads::sio::authenticate),
+    );
 
     let mut router = http::router(app.clone(), config.max_http_body).layer(layer);
     if !config.allowed_origins.is_empty() {

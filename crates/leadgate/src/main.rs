@@ -45,6 +45,38 @@ enum Command {
         #[command(subcommand)]
         action: JobAction,
     },
+    /// Crawler tools: import leads, take crawl requests.
+    Leads {
+        #[command(subcommand)]
+        action: LeadsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LeadsAction {
+    /// Upsert the leads of a JSON file (an array of leads with the leads
+    /// table's field names) for one provider, then announce them to every
+    /// gateway.
+    Import {
+        /// The JSON file, or `-` for standard input.
+        file: std::path::PathBuf,
+        /// The provider the leads come from, e.g. `freelance.de`.
+        #[arg(long)]
+        provider: String,
+        /// The crawl request this import answers: marked `done`.
+        #[arg(long)]
+        request: Option<i64>,
+    },
+    /// Take the oldest queued crawl request and mark it running. Prints
+    /// `{"request_id":…,"provider":…}`, or nothing when none is queued.
+    Claim {
+        /// Who takes it (recorded in `claimed_by`).
+        #[arg(long)]
+        worker: String,
+        /// Take only requests for this provider (or for every provider).
+        #[arg(long)]
+        provider: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,6 +128,7 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate(cli.config).await,
         Command::Token { sub, admin, ttl } => token(&cli.config, &sub, admin, ttl),
         Command::Job { action } => job(&cli.config, action).await,
+        Command::Leads { action } => leads(&cli.config, action).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +210,68 @@ async fn job(config: &Config, action: JobAction) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&update)?);
         }
     }
+    Ok(())
+}
+
+async fn leads(config: &Config, action: LeadsAction) -> anyhow::Result<()> {
+    let store = leadgate_store::Store::connect(&config.database_url).await?;
+    match action {
+        LeadsAction::Import {
+            file,
+            provider,
+            request,
+        } => {
+            let provider = provider.trim().to_owned();
+            anyhow::ensure!(!provider.is_empty(), "--provider must not be empty");
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a JSON array of leads", file.display()))?;
+            let leads = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| leadgate_protocol::leads::LeadInput::from_value(item, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let count = store.upsert_leads(&provider, leads).await?;
+            if let Some(request) = request
+                && !store.finish_crawl_request(request, "done").await?
+            {
+                eprintln!("leadgate: no crawl request {request}; the leads were imported anyway");
+            }
+            match config.redis_url() {
+                Some(url) => {
+                    let channels = leadgate_bus::Channels::new(config.redis_prefix.clone());
+                    let publisher = leadgate_bus::Publisher::connect(url, channels).await?;
+                    let message = leadgate_protocol::leads::LeadsChanged {
+                        kind: leadgate_protocol::leads::LeadsChangedKind::LeadsUpdated,
+                        provider: Some(provider.clone()),
+                    };
+                    let channel = publisher.channels().leads();
+                    publisher.publish_json(channel, &message).await?;
+                    println!("Imported {count} leads of {provider} and announced them.");
+                }
+                None => println!(
+                    "Imported {count} leads of {provider}; without LEADGATE_REDIS_URL the gateway notices them within a second."
+                ),
+            }
+        }
+        LeadsAction::Claim { worker, provider } => {
+            if let Some((request_id, provider)) = store
+                .claim_crawl_request(&worker, provider.as_deref())
+                .await?
+            {
+                println!(
+                    "{}",
+                    serde_json::json!({ "request_id": request_id, "provider": provider })
+                );
+            }
+        }
+    }
+    store.close().await?;
     Ok(())
 }
 

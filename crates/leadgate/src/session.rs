@@ -19,12 +19,10 @@ use uuid::Uuid;
 
 use crate::auth::Principal;
 
-/// What the gateway knows about one authenticated connection.
+/// What the gateway knows about one authenticated connection to `/`.
 pub struct Session {
     pub principal: Principal,
     jobs: Mutex<HashSet<Uuid>>,
-    next_ticket: AtomicU64,
-    serving: watch::Sender<u64>,
 }
 
 impl Session {
@@ -32,8 +30,6 @@ impl Session {
         Arc::new(Session {
             principal,
             jobs: Mutex::default(),
-            next_ticket: AtomicU64::new(0),
-            serving: watch::Sender::new(0),
         })
     }
 
@@ -63,62 +59,80 @@ impl Session {
     }
 }
 
+/// Hands out turns to one socket's requests, in the order they are drawn.
+pub struct Turnstile {
+    next_ticket: AtomicU64,
+    serving: watch::Sender<u64>,
+}
+
+impl Turnstile {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Turnstile {
+            next_ticket: AtomicU64::new(0),
+            serving: watch::Sender::new(0),
+        })
+    }
+
+    /// Draws the next turn.
+    pub fn ticket(self: &Arc<Self>) -> Turn {
+        Turn {
+            turnstile: self.clone(),
+            ticket: self.next_ticket.fetch_add(1, Ordering::SeqCst),
+            reached: false,
+        }
+    }
+}
+
 /// A place in the socket's queue of requests; see the module docs.
 pub struct Turn {
-    session: Arc<Session>,
+    turnstile: Arc<Turnstile>,
     ticket: u64,
     reached: bool,
 }
 
-/// The session was not set: the connect middleware did not run. Handlers are
-/// registered only after it succeeded, so this does not happen.
+/// The socket has no turnstile: its connect middleware did not run. Handlers
+/// are registered only after it succeeded, so this does not happen.
 #[derive(Debug, thiserror::Error)]
-#[error("socket has no session")]
-pub struct NoSession;
+#[error("socket has no turnstile")]
+pub struct NoTurnstile;
 
 impl<A: Adapter> FromMessageParts<A> for Turn {
-    type Error = NoSession;
+    type Error = NoTurnstile;
 
     fn from_message_parts(
         s: &Arc<Socket<A>>,
         _: &mut socketioxide::handler::Value,
         _: &Option<i64>,
     ) -> Result<Self, Self::Error> {
-        let session = s.extensions.get::<Arc<Session>>().ok_or(NoSession)?;
-        let ticket = session.next_ticket.fetch_add(1, Ordering::SeqCst);
-        Ok(Turn {
-            session,
-            ticket,
-            reached: false,
-        })
+        let turnstile = s.extensions.get::<Arc<Turnstile>>().ok_or(NoTurnstile)?;
+        Ok(turnstile.ticket())
     }
 }
 
 impl Turn {
     /// Waits until every earlier request of this socket has finished.
-    pub async fn wait(&mut self) -> &Arc<Session> {
+    pub async fn wait(&mut self) {
         let ticket = self.ticket;
-        let mut serving = self.session.serving.subscribe();
-        // The sender lives in the session we hold, so this cannot fail.
+        let mut serving = self.turnstile.serving.subscribe();
+        // The sender lives in the turnstile we hold, so this cannot fail.
         let _ = serving.wait_for(|now| *now == ticket).await;
         self.reached = true;
-        &self.session
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
         if self.reached {
-            self.session.serving.send_modify(|now| *now += 1);
+            self.turnstile.serving.send_modify(|now| *now += 1);
         } else {
             // Dropped before its turn (the handler was cancelled): pass the
             // turn on when it comes, so later requests are not stuck.
-            let session = self.session.clone();
+            let turnstile = self.turnstile.clone();
             let ticket = self.ticket;
             tokio::spawn(async move {
-                let mut serving = session.serving.subscribe();
+                let mut serving = turnstile.serving.subscribe();
                 let _ = serving.wait_for(|now| *now == ticket).await;
-                session.serving.send_modify(|now| *now += 1);
+                turnstile.serving.send_modify(|now| *now += 1);
             });
         }
     }

@@ -1,0 +1,307 @@
+//! Queries on leads and crawl requests.
+//!
+//! Pages are ordered newest first (`posted_at DESC NULLS LAST, id DESC`),
+//! the order the indexes of the leads migration are built for. Word search
+//! and skill containment use PostgreSQL's GIN indexes; on SQLite, the
+//! embedded default for small data sets, they are plain scans.
+
+use chrono::{DateTime, Utc};
+use leadgate_protocol::leads::{Lead, LeadDetails, LeadFilter, LeadInput, LeadsQuery};
+use leadgate_protocol::now_millis;
+use sea_orm::sea_query::{Expr, NullOrdering, OnConflict, Order};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+use serde_json::Value;
+
+use crate::entity::{crawl_request, lead};
+use crate::{Store, StoreError};
+
+/// Leads written per INSERT statement.
+const UPSERT_BATCH: usize = 500;
+
+/// A crawl request's state.
+pub const CRAWL_QUEUED: &str = "queued";
+
+impl Store {
+    /// One page of leads matching `query`, and how many match in all.
+    pub async fn leads_page(&self, query: &LeadsQuery) -> Result<(Vec<Lead>, u64), StoreError> {
+        let select = lead::Entity::find().filter(self.lead_condition(&query.filter));
+        let total = select.clone().count(&self.db).await?;
+        let rows = select
+            .order_by_with_nulls(lead::Column::PostedAt, Order::Desc, NullOrdering::Last)
+            .order_by_desc(lead::Column::Id)
+            .offset(query.offset())
+            .limit(u64::from(query.page_size))
+            .all(&self.db)
+            .await?;
+        Ok((rows.into_iter().map(into_lead).collect(), total))
+    }
+
+    fn lead_condition(&self, filter: &LeadFilter) -> Condition {
+        let postgres = self.db.get_database_backend() == DbBackend::Postgres;
+        let mut all = Condition::all();
+        if let Some(remote) = filter.remote {
+            all = all.add(lead::Column::Remote.eq(remote));
+        }
+        if let Some(provider) = &filter.provider {
+            all = all.add(lead::Column::Provider.eq(provider.as_str()));
+        }
+        let words = filter.words();
+        if !words.is_empty() {
+            if postgres {
+                // Words hold letters and digits only, so they cannot form
+                // tsquery syntax; `:*` makes each a prefix match.
+                let tsquery: Vec<String> = words.iter().map(|w| format!("{w}:*")).collect();
+                all = all.add(Expr::cust_with_values(
+                    "to_tsvector('simple', search_text) @@ to_tsquery('simple', $1)",
+                    [tsquery.join(" & ")],
+                ));
+            } else {
+                for word in words {
+                    all = all.add(Expr::cust_with_values("instr(search_text, ?) > 0", [word]));
+                }
+            }
+        }
+        if !filter.skills.is_empty() {
+            if postgres {
+                all = all.add(Expr::cust_with_values(
+                    "skill_keys @> $1::jsonb",
+                    [Value::from(filter.skills.clone()).to_string()],
+                ));
+            } else {
+                for skill in &filter.skills {
+                    all = all.add(Expr::cust_with_values(
+                        "EXISTS (SELECT 1 FROM json_each(leads.skill_keys) WHERE json_each.value = ?)",
+                        [skill.clone()],
+                    ));
+                }
+            }
+        }
+        all
+    }
+
+    /// One lead with everything known about it. Without `provider`, the most
+    /// recently updated lead with that project id.
+    pub async fn lead_details(
+        &self,
+        project_id: &str,
+        provider: Option<&str>,
+    ) -> Result<Option<LeadDetails>, StoreError> {
+        let mut select = lead::Entity::find().filter(lead::Column::ProjectId.eq(project_id));
+        if let Some(provider) = provider {
+            select = select.filter(lead::Column::Provider.eq(provider));
+        }
+        let row = select
+            .order_by_desc(lead::Column::UpdatedAt)
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|row| {
+            let description = row.description.clone();
+            let raw = match row.raw.clone() {
+                Some(Value::Object(map)) => Some(map),
+                _ => None,
+            };
+            let created_at = row.created_at;
+            LeadDetails {
+                lead: into_lead(row),
+                description,
+                raw,
+                created_at,
+            }
+        }))
+    }
+
+    /// Inserts or updates leads of `provider` by project id; returns how
+    /// many were written.
+    pub async fn upsert_leads(
+        &self,
+        provider: &str,
+        leads: Vec<LeadInput>,
+    ) -> Result<usize, StoreError> {
+        let now = now_millis();
+        let count = leads.len();
+        let rows: Vec<lead::ActiveModel> = leads
+            .into_iter()
+            .map(|input| {
+                let keys: Vec<String> = input.skills.iter().map(|s| s.to_lowercase()).collect();
+                let search_text = [
+                    input.title.to_lowercase(),
+                    input.company.as_deref().unwrap_or("").to_lowercase(),
+                    keys.join(" "),
+                ]
+                .join(" ");
+                lead::ActiveModel {
+                    id: sea_orm::ActiveValue::NotSet,
+                    provider: Set(provider.to_owned()),
+                    project_id: Set(input.project_id),
+                    title: Set(input.title),
+                    company: Set(input.company),
+                    location: Set(input.location),
+                    remote: Set(input.remote),
+                    rate: Set(input.rate),
+                    skills: Set(Value::from(input.skills)),
+                    skill_keys: Set(Value::from(keys)),
+                    search_text: Set(search_text),
+                    url: Set(input.url),
+                    posted_at: Set(input.posted_at),
+                    description: Set(input.description),
+                    raw: Set((!input.raw.is_empty()).then(|| Value::Object(input.raw))),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+            })
+            .collect();
+        let on_conflict = OnConflict::columns([lead::Column::Provider, lead::Column::ProjectId])
+            .update_columns([
+                lead::Column::Title,
+                lead::Column::Company,
+                lead::Column::Location,
+                lead::Column::Remote,
+                lead::Column::Rate,
+                lead::Column::Skills,
+                lead::Column::SkillKeys,
+                lead::Column::SearchText,
+                lead::Column::Url,
+                lead::Column::PostedAt,
+                lead::Column::Description,
+                lead::Column::Raw,
+                lead::Column::UpdatedAt,
+            ])
+            .to_owned();
+        let txn = sea_orm::TransactionTrait::begin(&self.db).await?;
+        let mut rows = rows.into_iter().peekable();
+        while rows.peek().is_some() {
+            let batch: Vec<_> = rows.by_ref().take(UPSERT_BATCH).collect();
+            lead::Entity::insert_many(batch)
+                .on_conflict(on_conflict.clone())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(count)
+    }
+
+    /// How many leads there are and when one last changed: a cheap
+    /// fingerprint of the table, for noticing crawlers' writes.
+    pub async fn leads_version(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+        let row: Option<(i64, Option<DateTime<Utc>>)> = lead::Entity::find()
+            .select_only()
+            .column_as(lead::Column::Id.count(), "count")
+            .column_as(lead::Column::UpdatedAt.max(), "latest")
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(row.map_or((0, None), |(count, latest)| (count.max(0) as u64, latest)))
+    }
+
+    /// Records a crawl request; returns its id.
+    pub async fn create_crawl_request(
+        &self,
+        requested_by: &str,
+        provider: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let now = now_millis();
+        let row = crawl_request::ActiveModel {
+            id: sea_orm::ActiveValue::NotSet,
+            requested_by: Set(requested_by.to_owned()),
+            provider: Set(provider.map(str::to_owned)),
+            state: Set(CRAWL_QUEUED.to_owned()),
+            claimed_by: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        let result = crawl_request::Entity::insert(row).exec(&self.db).await?;
+        Ok(result.last_insert_id)
+    }
+
+    /// Takes the oldest queued crawl request (for `provider`, or for every
+    /// provider) and marks it `running` for `worker`. Concurrent crawlers
+    /// never take the same request.
+    pub async fn claim_crawl_request(
+        &self,
+        worker: &str,
+        provider: Option<&str>,
+    ) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        let backend = self.db.get_database_backend();
+        // PostgreSQL: SKIP LOCKED lets concurrent crawlers pass each other.
+        // SQLite serializes writers, so the subquery alone is enough.
+        let (lock, p) = match backend {
+            DbBackend::Postgres => (" FOR UPDATE SKIP LOCKED", ["$1", "$2", "$3"]),
+            _ => ("", ["?", "?", "?"]),
+        };
+        let sql = format!(
+            "UPDATE crawl_requests SET state = 'running', claimed_by = {}, updated_at = {} \
+             WHERE id = (SELECT id FROM crawl_requests WHERE state = 'queued' \
+             AND ({} IS NULL OR provider IS NULL OR provider = {}) \
+             ORDER BY created_at, id LIMIT 1{lock}) RETURNING id, provider",
+            p[0], p[1], p[2], p[2],
+        );
+        let values: Vec<sea_orm::Value> = match backend {
+            DbBackend::Postgres => vec![
+                worker.into(),
+                now_millis().into(),
+                provider.map(str::to_owned).into(),
+            ],
+            _ => vec![
+                worker.into(),
+                now_millis().into(),
+                provider.map(str::to_owned).into(),
+                provider.map(str::to_owned).into(),
+            ],
+        };
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                backend, sql, values,
+            ))
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some((row.try_get("", "id")?, row.try_get("", "provider")?))),
+        }
+    }
+
+    /// Marks a crawl request `done` or `failed`.
+    pub async fn finish_crawl_request(&self, id: i64, state: &str) -> Result<bool, StoreError> {
+        let result = crawl_request::Entity::update_many()
+            .col_expr(crawl_request::Column::State, Expr::value(state))
+            .col_expr(crawl_request::Column::UpdatedAt, Expr::value(now_millis()))
+            .filter(crawl_request::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// The state of a crawl request, for tests and tools.
+    pub async fn crawl_request_state(&self, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(crawl_request::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(|r| r.state))
+    }
+}
+
+fn into_lead(row: lead::Model) -> Lead {
+    let skills = match row.skills {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Lead {
+        provider: row.provider,
+        project_id: row.project_id,
+        title: row.title,
+        company: row.company,
+        location: row.location,
+        remote: row.remote,
+        rate: row.rate,
+        skills,
+        url: row.url,
+        posted_at: row.posted_at,
+        updated_at: row.updated_at,
+    }
+}

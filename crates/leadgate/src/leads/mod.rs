@@ -1,0 +1,373 @@
+//! Leads for browsers (seed 000): the same conversation on Socket.IO
+//! namespace `/leads` ([`sio`]) and on the plain WebSocket `/ws/leads/`
+//! ([`ws`]).
+//!
+//! Every connected client is registered with the page and filter it looks
+//! at. When leads change (a crawler's `leads_updated`), the pusher groups the
+//! clients by page and filter and reads each distinct page once; a page is
+//! serialized once and the same frame goes to every client of its group.
+//! Pages are also cached between changes, so connecting clients that look at
+//! the same page share one query. Each change empties the cache, and a query
+//! that started before the change cannot refill it (single flight per
+//! change).
+
+pub mod sio;
+pub mod ws;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use leadgate_protocol::leads::{
+    LeadDetailsMessage, LeadFilter, LeadsErrorMessage, LeadsPage, LeadsQuery, LeadsRequest,
+    Pagination, SyncAccepted,
+};
+use leadgate_store::{CRAWL_QUEUED, Store};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use socketioxide::extract::SocketRef;
+use tokio::sync::{OnceCell, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::auth::Principal;
+use crate::fanout::Fanout;
+
+/// How long the pusher waits after a change for more changes, so that a
+/// burst of crawler updates costs one round of queries.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Pages read at once while pushing.
+const PUSH_CONCURRENCY: usize = 8;
+/// Distinct pages cached between changes; past this the cache starts over.
+const CACHE_LIMIT: usize = 4096;
+
+/// One message, serialized once: JSON for Socket.IO, text for WebSocket.
+#[derive(Clone)]
+pub struct Frame {
+    /// The `type` field, which is the Socket.IO event name.
+    pub kind: &'static str,
+    pub json: Arc<RawValue>,
+    pub text: Utf8Bytes,
+}
+
+impl Frame {
+    fn new<T: Serialize>(kind: &'static str, message: &T) -> Frame {
+        let text = serde_json::to_string(message).expect("leads messages always serialize");
+        let json = RawValue::from_string(text.clone()).expect("serde_json output is JSON");
+        Frame {
+            kind,
+            json: Arc::from(json),
+            text: text.into(),
+        }
+    }
+
+    pub fn error(detail: impl Into<String>) -> Frame {
+        Frame::new("error", &LeadsErrorMessage::new(detail))
+    }
+}
+
+/// Where a client's frames go.
+pub enum Sink {
+    Socket(SocketRef),
+    WebSocket(mpsc::Sender<Frame>),
+}
+
+impl Sink {
+    /// Sends without waiting; a client whose queue is full misses this
+    /// frame (it is a page it will be sent again at the next change).
+    fn push(&self, frame: &Frame) -> bool {
+        match self {
+            Sink::Socket(socket) => socket.emit(frame.kind, &*frame.json).is_ok(),
+            Sink::WebSocket(tx) => tx.try_send(frame.clone()).is_ok(),
+        }
+    }
+}
+
+struct Client {
+    query: LeadsQuery,
+    sink: Sink,
+}
+
+/// A page as read once, with its two messages.
+struct CachedPage {
+    init: Frame,
+    updated: Frame,
+}
+
+type PageCell = Arc<OnceCell<Result<Arc<CachedPage>, String>>>;
+
+/// Which leads changed since the last push.
+#[derive(Default)]
+struct Changes {
+    all: bool,
+    providers: HashSet<String>,
+}
+
+impl Changes {
+    fn affects(&self, filter: &LeadFilter) -> bool {
+        self.all
+            || filter
+                .provider
+                .as_ref()
+                .is_none_or(|p| self.providers.contains(p))
+    }
+}
+
+pub struct Leads {
+    store: Store,
+    fanout: Arc<Fanout>,
+    clients: Mutex<HashMap<u64, Client>>,
+    next_client: AtomicU64,
+    cache: Mutex<HashMap<LeadsQuery, PageCell>>,
+    changes: Mutex<Changes>,
+    changed: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Leads {
+    pub fn new(store: Store, fanout: Arc<Fanout>) -> Self {
+        Leads {
+            store,
+            fanout,
+            clients: Mutex::default(),
+            next_client: AtomicU64::new(1),
+            cache: Mutex::default(),
+            changes: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Registers a client looking at page 1 without a filter.
+    pub fn register(&self, sink: Sink) -> u64 {
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let client = Client {
+            query: LeadsQuery::default(),
+            sink,
+        };
+        lock(&self.clients).insert(id, client);
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        lock(&self.clients).remove(&id);
+    }
+
+    /// `leads_init` for the client's current page.
+    pub async fn current_page(&self, id: u64) -> Frame {
+        let query = lock(&self.clients).get(&id).map(|c| c.query.clone());
+        match query {
+            Some(query) => self
+                .page(&query)
+                .await
+                .map_or_else(Frame::error, |p| p.init.clone()),
+            None => Frame::error("not connected"),
+        }
+    }
+
+    /// Answers one request of a client.
+    pub async fn handle(&self, id: u64, user: &Principal, request: LeadsRequest) -> Frame {
+        match &request {
+            LeadsRequest::GetLeads { .. } => {
+                let next = {
+                    let mut clients = lock(&self.clients);
+                    let Some(client) = clients.get_mut(&id) else {
+                        return Frame::error("not connected");
+                    };
+                    match LeadsRequest::next_query(&client.query, &request) {
+                        // Remembered before the page is read, so a change
+                        // meanwhile pushes this page, not the old one.
+                        Ok(next) => {
+                            client.query = next.clone();
+                            next
+                        }
+                        Err(e) => return Frame::error(e.0),
+                    }
+                };
+                self.page(&next)
+                    .await
+                    .map_or_else(Frame::error, |p| p.init.clone())
+            }
+            LeadsRequest::GetLeadDetails {
+                project_id,
+                provider,
+            } => match self
+                .store
+                .lead_details(project_id, provider.as_deref())
+                .await
+            {
+                Ok(Some(details)) => Frame::new(
+                    "lead_details",
+                    &LeadDetailsMessage {
+                        kind: "lead_details",
+                        project_id,
+                        details: &details,
+                    },
+                ),
+                Ok(None) => Frame::error(format!("lead {project_id} not found")),
+                Err(e) => {
+                    error!(error = %e, "Could not read a lead.");
+                    Frame::error("could not read the lead; try again")
+                }
+            },
+            LeadsRequest::Sync { provider } => self.sync(user, provider.as_deref()).await,
+        }
+    }
+
+    /// Records a crawl request and tells the crawlers.
+    pub async fn sync(&self, user: &Principal, provider: Option<&str>) -> Frame {
+        let provider = provider.map(str::trim).filter(|p| !p.is_empty());
+        if provider.is_some_and(|p| p.chars().count() > leadgate_protocol::leads::MAX_NAME_LEN) {
+            return Frame::error("provider is too long");
+        }
+        match self.store.create_crawl_request(&user.sub, provider).await {
+            Ok(request_id) => {
+                self.fanout.announce_crawl(request_id, provider).await;
+                debug!(request_id, user = %user.sub, provider, "Crawl requested.");
+                Frame::new("sync_accepted", &sync_accepted(request_id, provider))
+            }
+            Err(e) => {
+                error!(error = %e, "Could not record a crawl request.");
+                Frame::error("could not record the sync request; try again")
+            }
+        }
+    }
+
+    /// Notes that leads of `provider` (or of every provider) changed; the
+    /// pusher sends fresh pages to the clients concerned.
+    pub fn changed(&self, provider: Option<String>) {
+        {
+            let mut changes = lock(&self.changes);
+            match provider {
+                Some(p) => {
+                    changes.providers.insert(p);
+                }
+                None => changes.all = true,
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// The page for `query`, read once per change however many ask.
+    async fn page(&self, query: &LeadsQuery) -> Result<Arc<CachedPage>, String> {
+        let cell = {
+            let mut cache = lock(&self.cache);
+            if cache.len() >= CACHE_LIMIT && !cache.contains_key(query) {
+                cache.clear();
+            }
+            cache.entry(query.clone()).or_default().clone()
+        };
+        cell.get_or_init(|| async {
+            match self.store.leads_page(query).await {
+                Ok((projects, total)) => {
+                    let pagination = Pagination {
+                        page: query.page,
+                        page_size: query.page_size,
+                        total,
+                    };
+                    let page = |kind| LeadsPage {
+                        kind,
+                        projects: &projects,
+                        pagination,
+                    };
+                    Ok(Arc::new(CachedPage {
+                        init: Frame::new("leads_init", &page("leads_init")),
+                        updated: Frame::new("leads_updated", &page("leads_updated")),
+                    }))
+                }
+                Err(e) => {
+                    error!(error = %e, "Could not read a page of leads.");
+                    Err("could not read the leads; try again".to_owned())
+                }
+            }
+        })
+        .await
+        .clone()
+        .inspect_err(|_| {
+            // Do not keep a failure: the next request reads again.
+            lock(&self.cache).remove(query);
+        })
+    }
+
+    /// Sends `leads_updated` to every client concerned by each change, until
+    /// `cancel`.
+    pub async fn run_pusher(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.changed.notified() => {}
+            }
+            tokio::time::sleep(DEBOUNCE).await;
+            let changes = std::mem::take(&mut *lock(&self.changes));
+            lock(&self.cache).clear();
+            let mut groups: HashMap<LeadsQuery, Vec<u64>> = HashMap::new();
+            for (id, client) in lock(&self.clients).iter() {
+                if changes.affects(&client.query.filter) {
+                    groups.entry(client.query.clone()).or_default().push(*id);
+                }
+            }
+            let queries = groups.len();
+            futures_util::stream::iter(groups)
+                .for_each_concurrent(PUSH_CONCURRENCY, |(query, ids)| {
+                    let this = self.clone();
+                    async move {
+                        let Ok(page) = this.page(&query).await else {
+                            return;
+                        };
+                        let clients = lock(&this.clients);
+                        for id in ids {
+                            // A client that moved to another page since it
+                            // was grouped gets its own page at the next
+                            // change; it just asked for it anyway.
+                            let Some(client) = clients.get(&id).filter(|c| c.query == query) else {
+                                continue;
+                            };
+                            if !client.sink.push(&page.updated) {
+                                warn!(
+                                    client = id,
+                                    "Dropped leads_updated for a client that is not reading."
+                                );
+                            }
+                        }
+                    }
+                })
+                .await;
+            debug!(queries, "Pushed leads_updated.");
+        }
+    }
+
+    /// For the single-instance mode, where crawlers have no Redis to tell
+    /// us: notices changes to the leads table by polling its size and
+    /// latest update, until `cancel`.
+    pub async fn run_watcher(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        let mut last = self.store.leads_version().await.ok();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            match self.store.leads_version().await {
+                Ok(version) if Some(&version) != last.as_ref() => {
+                    last = Some(version);
+                    self.changed(None);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "Could not check the leads table for changes."),
+            }
+        }
+    }
+}
+
+pub fn sync_accepted(request_id: i64, provider: Option<&str>) -> SyncAccepted {
+    SyncAccepted {
+        kind: "sync_accepted".into(),
+        request_id,
+        provider: provider.map(str::to_owned),
+        state: CRAWL_QUEUED.into(),
+    }
+}

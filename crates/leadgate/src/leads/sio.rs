@@ -1,0 +1,108 @@
+//! Socket.IO namespace `/leads`: the leads conversation with the `type` as
+//! the event name.
+
+use std::sync::{Arc, Mutex};
+
+use leadgate_protocol::leads::LeadsRequest;
+use serde_json::Value;
+use socketioxide::extract::{Event, SocketRef, State, TryData};
+use tracing::info;
+
+use super::{Frame, Sink};
+use crate::App;
+use crate::auth::{AuthError, Principal, handshake_token};
+use crate::session::{Turn, Turnstile};
+
+/// The client's registration and user, in the socket's extensions.
+#[derive(Clone)]
+struct LeadsClient {
+    id: u64,
+    principal: Arc<Principal>,
+    /// The turn drawn for `leads_init`, before any request could be.
+    first_turn: Arc<Mutex<Option<Turn>>>,
+}
+
+/// Connect middleware: authenticates and registers the client.
+pub async fn authenticate(
+    socket: SocketRef,
+    State(app): State<App>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), AuthError> {
+    let parts = socket.req_parts();
+    let principal = handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query())
+        .and_then(|token| app.verifier.verify(&token))
+        .inspect_err(
+            |e| info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection."),
+        )?;
+    let turnstile = Turnstile::new();
+    let client = LeadsClient {
+        id: app.leads.register(Sink::Socket(socket.clone())),
+        principal: Arc::new(principal),
+        first_turn: Arc::new(Mutex::new(Some(turnstile.ticket()))),
+    };
+    socket.extensions.insert(turnstile);
+    socket.extensions.insert(client);
+    // Registered before the client is told it is connected; see
+    // `jobs::authenticate`.
+    socket.on_fallback(on_event);
+    socket.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+/// Connect handler: sends `leads_init`, ahead of any request's answer.
+pub async fn on_connect(socket: SocketRef, State(app): State<App>) {
+    let Some(client) = socket.extensions.get::<LeadsClient>() else {
+        return;
+    };
+    info!(ns = socket.ns(), sid = %socket.id, user = %client.principal.sub, transport = ?socket.transport_type(), "Connected.");
+    let turn = client
+        .first_turn
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(mut turn) = turn {
+        turn.wait().await;
+        send(&socket, &app.leads.current_page(client.id).await);
+    }
+}
+
+async fn on_event(
+    socket: SocketRef,
+    State(app): State<App>,
+    Event(event): Event,
+    TryData(data): TryData<Value>,
+    mut turn: Turn,
+) {
+    turn.wait().await;
+    let Some(client) = socket.extensions.get::<LeadsClient>() else {
+        return;
+    };
+    let frame = match data
+        .map_err(|_| format!("{event}: the payload is not JSON"))
+        .and_then(|data| LeadsRequest::from_event(&event, data).map_err(|e| e.0))
+    {
+        Ok(request) => {
+            app.leads
+                .handle(client.id, &client.principal, request)
+                .await
+        }
+        Err(detail) => {
+            info!(sid = %socket.id, event, %detail, "Refused a leads request.");
+            Frame::error(detail)
+        }
+    };
+    send(&socket, &frame);
+}
+
+async fn on_disconnect(socket: SocketRef, State(app): State<App>) {
+    if let Some(client) = socket.extensions.get::<LeadsClient>() {
+        app.leads.unregister(client.id);
+        info!(ns = socket.ns(), sid = %socket.id, user = %client.principal.sub, "Disconnected.");
+    }
+}
+
+fn send(socket: &SocketRef, frame: &Frame) {
+    if let Err(e) = socket.emit(frame.kind, &*frame.json) {
+        tracing::warn!(sid = %socket.id, error = %e, "Dropped a leads message for a socket.");
+    }
+}

@@ -1,0 +1,115 @@
+//! The plain WebSocket `/ws/leads/`, for frontends written against the
+//! Django Channels version: every frame is one JSON object with a `type`.
+//!
+//! The token comes from the `token` query parameter or cookie (what a
+//! browser's `WebSocket` can send), or an `Authorization: Bearer` header. A
+//! refused connection is accepted only to be sent `{type: 'error', detail}`
+//! and closed with code 1008, because a browser cannot read the status of a
+//! refused handshake.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use leadgate_protocol::leads::LeadsRequest;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{Frame, Sink};
+use crate::App;
+use crate::auth::{AuthError, Principal, handshake_token};
+
+/// Frames queued for one connection; past this, pushes to it are dropped.
+const QUEUE: usize = 32;
+/// How often an idle connection is pinged, so dead peers are noticed.
+const PING_EVERY: Duration = Duration::from_secs(25);
+
+pub async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let user = handshake_token(None, &headers, query.as_deref())
+        .and_then(|token| app.verifier.verify(&token));
+    let max = app.limits.max_payload;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(app, socket, user))
+}
+
+async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) {
+    let (mut outgoing, mut incoming) = socket.split();
+    let user = match user {
+        Ok(user) => user,
+        Err(e) => {
+            info!(path = "/ws/leads/", reason = %e, "Refused a connection.");
+            let _ = outgoing
+                .send(Message::Text(Frame::error(e.to_string()).text))
+                .await;
+            let close = CloseFrame {
+                code: close_code::POLICY,
+                reason: "unauthorized".into(),
+            };
+            let _ = outgoing.send(Message::Close(Some(close))).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::channel::<Frame>(QUEUE);
+    let id = app.leads.register(Sink::WebSocket(tx.clone()));
+    info!(path = "/ws/leads/", client = id, user = %user.sub, "Connected.");
+
+    // The writer owns the sending half; it ends when every sender is gone
+    // (the reader below finished and the client was unregistered) or the
+    // peer stops accepting frames.
+    let writer = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            let message = tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(frame) => Message::Text(frame.text),
+                    None => break,
+                },
+                _ = ping.tick() => Message::Ping(Default::default()),
+            };
+            if outgoing.send(message).await.is_err() {
+                break;
+            }
+        }
+        let _ = outgoing.close().await;
+    });
+
+    if tx.send(app.leads.current_page(id).await).await.is_ok() {
+        while let Some(Ok(message)) = incoming.next().await {
+            let frame = match message {
+                Message::Text(text) => match LeadsRequest::from_frame(text.as_str()) {
+                    Ok(request) => app.leads.handle(id, &user, request).await,
+                    Err(e) => {
+                        info!(path = "/ws/leads/", client = id, detail = %e, "Refused a leads request.");
+                        Frame::error(e.0)
+                    }
+                },
+                Message::Binary(_) => {
+                    Frame::error("binary frames are not supported; send JSON text")
+                }
+                Message::Close(_) => break,
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            // Answers wait for room: a client that floods requests is
+            // slowed to the pace it reads.
+            if tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    }
+    app.leads.unregister(id);
+    drop(tx);
+    if let Err(e) = writer.await {
+        warn!(error = %e, "A leads writer task failed.");
+    }
+    info!(path = "/ws/leads/", client = id, user = %user.sub, "Disconnected.");
+}
