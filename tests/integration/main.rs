@@ -26,4 +26,5 @@ macro_rules! on_every_backend {
 mod auth;
 mod fanout;
 mod jobs;
+mod leads;
 mod worker_api;

@@ -147,7 +147,7 @@ impl Store {
                     url: Set(input.url),
                     posted_at: Set(input.posted_at),
                     description: Set(input.description),
-                    raw: Set((!input.raw.is_empty()).then(|| Value::Object(input.raw))),
+                    raw: Set((!input.raw.is_empty()).then_some(Value::Object(input.raw))),
                     created_at: Set(now),
                     updated_at: Set(now),
                 }

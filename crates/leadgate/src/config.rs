@@ -122,6 +122,12 @@ pub struct Config {
     )]
     pub max_subscriptions: usize,
 
+    /// Without Redis: how often, in seconds, the leads table is checked for
+    /// crawlers' writes (0: never; crawlers then announce their updates with
+    /// `POST /api/v1/leads/events`). With Redis, crawlers announce through it.
+    #[arg(long, env = "LEADGATE_LEADS_POLL", default_value_t = 1, global = true)]
+    pub leads_poll: u64,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(
         long,

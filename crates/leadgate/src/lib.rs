@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
@@ -41,9 +42,6 @@ use crate::fanout::{Fanout, RedisFanout, RedisHandler};
 use crate::hub::Hub;
 use crate::leads::Leads;
 use crate::locks::JobLocks;
-
-/// How often, without Redis, the leads table is checked for crawlers' writes.
-const LEADS_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Shared state of one gateway instance; cheap to clone.
 #[derive(Clone)]
@@ -158,10 +156,13 @@ pub async fn run(
                 tasks.clone(),
             )));
         }
-        // Crawlers without Redis only write the database: notice it.
-        None => background.push(tokio::spawn(
-            leads.clone().run_watcher(LEADS_WATCH_EVERY, tasks.clone()),
+        // Crawlers without Redis may only write the database: notice it.
+        None if config.leads_poll > 0 => background.push(tokio::spawn(
+            leads
+                .clone()
+                .run_watcher(Duration::from_secs(config.leads_poll), tasks.clone()),
         )),
+        None => {}
     }
     background.push(tokio::spawn(fanout::run_refresher(
         hub.clone(),

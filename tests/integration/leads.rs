@@ -1,0 +1,298 @@
+//! Leads over the plain WebSocket `/ws/leads/`: filters, ordering, pushes.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use leadgate_protocol::leads::LeadInput;
+use leadgate_tests::{Backend, Gateway};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+on_every_backend!(
+    filters_pages_and_order_match_a_model,
+    each_client_is_pushed_its_own_page,
+);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(gw: &Gateway, user: &str) -> Ws {
+    let url = format!("ws://{}/ws/leads/?token={}", gw.addr, gw.token(user));
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws
+}
+
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the connection is open")
+            .unwrap();
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+async fn ask(ws: &mut Ws, request: Value) -> Value {
+    ws.send(Message::text(request.to_string())).await.unwrap();
+    next(ws).await
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// 40 leads over two providers with every combination the filters look at.
+fn fixture() -> Vec<(String, Value)> {
+    let skills = [
+        vec!["Rust", "Tokio"],
+        vec!["Python", "Django"],
+        vec!["rust", "WebSocket"],
+        vec!["Go"],
+    ];
+    let titles = [
+        "Rust-Entwickler Gateway",
+        "Backend Python",
+        "Realtime Engineer",
+        "Go Microservices",
+    ];
+    (0..40)
+        .map(|i| {
+            let provider = if i % 2 == 0 { "freelance.de" } else { "xing" };
+            let mut lead = json!({
+                "project_id": format!("p{i:02}"),
+                "title": titles[i % 4],
+                "company": if i % 5 == 0 { "Nordlicht IT" } else { "Muster AG" },
+                "remote": i % 3 == 0,
+                "skills": skills[i % 4],
+                "extra": i,
+            });
+            // Every seventh lead has no date: those come last.
+            if i % 7 != 0 {
+                lead["posted_at"] =
+                    json!(format!("2026-11-{:02}T{:02}:00:00Z", 1 + i % 20, i % 24));
+            }
+            (provider.to_owned(), lead)
+        })
+        .collect()
+}
+
+async fn import(gw: &Gateway, leads: Vec<(String, Value)>) {
+    let store = leadgate_store::Store::connect(gw.database_url())
+        .await
+        .unwrap();
+    for provider in ["freelance.de", "xing"] {
+        let batch: Vec<LeadInput> = leads
+            .iter()
+            .filter(|(p, _)| p == provider)
+            .enumerate()
+            .map(|(i, (_, v))| LeadInput::from_value(v.clone(), i).unwrap())
+            .collect();
+        store.upsert_leads(provider, batch).await.unwrap();
+    }
+    store.close().await.unwrap();
+}
+
+/// The expected answer: the leads in import order (row ids grow in that
+/// order) that pass `filter`, newest `posted_at` first, undated last, ties
+/// broken by the newest row.
+fn model(leads: &[(String, Value)], filter: impl Fn(&Value, &str) -> bool) -> Vec<String> {
+    let mut rows: Vec<(Option<&str>, usize, String)> = leads
+        .iter()
+        .enumerate()
+        .filter(|(_, (p, v))| filter(v, p))
+        .map(|(row, (_, v))| {
+            (
+                v["posted_at"].as_str(),
+                row,
+                v["project_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rows.sort_by(|a, b| match (a.0, b.0) {
+        (Some(x), Some(y)) => y.cmp(x).then(b.1.cmp(&a.1)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => b.1.cmp(&a.1),
+    });
+    rows.into_iter().map(|r| r.2).collect()
+}
+
+fn has_skill(v: &Value, skill: &str) -> bool {
+    v["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s.as_str().unwrap().eq_ignore_ascii_case(skill))
+}
+
+async fn filters_pages_and_order_match_a_model(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    // Imported provider by provider, so rows are numbered in this order.
+    let mut leads = fixture();
+    leads.sort_by_key(|(p, _)| p.clone());
+    import(&gw, leads.clone()).await;
+    let model = |f: &dyn Fn(&Value, &str) -> bool| model(&leads, f);
+
+    let mut ws = connect(&gw, "alice").await;
+    let init = next(&mut ws).await;
+    assert_eq!(init["type"], "leads_init");
+    assert_eq!(
+        init["pagination"],
+        json!({ "page": 1, "page_size": 100, "total": 40 })
+    );
+    assert_eq!(ids(&init), model(&|_, _| true));
+
+    let cases: Vec<(Value, Vec<String>)> = vec![
+        (
+            json!({ "remote": true }),
+            model(&|v, _| v["remote"] == json!(true)),
+        ),
+        (json!({ "provider": "xing" }), model(&|_, p| p == "xing")),
+        (
+            json!({ "skills": ["RUST"] }),
+            model(&|v, _| has_skill(v, "rust")),
+        ),
+        (
+            json!({ "skills": ["rust", "websocket"] }),
+            model(&|v, _| has_skill(v, "rust") && has_skill(v, "websocket")),
+        ),
+        (
+            json!({ "q": "python" }),
+            model(&|v, _| v["title"] == "Backend Python"),
+        ),
+        (
+            json!({ "q": "nordlicht" }),
+            model(&|v, _| v["company"] == "Nordlicht IT"),
+        ),
+        (
+            json!({ "q": "rust-entw" }),
+            model(&|v, _| v["title"] == "Rust-Entwickler Gateway"),
+        ),
+        (
+            json!({ "q": "tokio", "remote": false, "provider": "freelance.de" }),
+            model(&|v, p| {
+                has_skill(v, "tokio") && v["remote"] == json!(false) && p == "freelance.de"
+            }),
+        ),
+        (json!({ "q": "nothingmatches" }), vec![]),
+    ];
+    for (filter, expected) in cases {
+        let page = ask(&mut ws, json!({ "type": "get_leads", "filter": filter })).await;
+        assert_eq!(page["type"], "leads_init", "{page}");
+        assert_eq!(ids(&page), expected, "filter {filter}");
+        assert_eq!(
+            page["pagination"]["total"],
+            json!(expected.len()),
+            "filter {filter}"
+        );
+        for lead in page["projects"].as_array().unwrap() {
+            assert!(
+                lead["provider"].is_string() && lead.get("description").is_none(),
+                "{lead}"
+            );
+        }
+    }
+
+    // Paging through remote leads, 4 at a time; the filter is remembered.
+    let all_remote = model(&|v, _| v["remote"] == json!(true));
+    let first = ask(
+        &mut ws,
+        json!({ "type": "get_leads", "page_size": 4, "filter": { "remote": true } }),
+    )
+    .await;
+    assert_eq!(ids(&first), all_remote[..4]);
+    let second = ask(&mut ws, json!({ "type": "get_leads", "page": 2 })).await;
+    assert_eq!(ids(&second), all_remote[4..8]);
+    assert_eq!(
+        second["pagination"],
+        json!({ "page": 2, "page_size": 4, "total": all_remote.len() })
+    );
+    let last_page = all_remote.len().div_ceil(4) as u32 + 1;
+    let beyond = ask(&mut ws, json!({ "type": "get_leads", "page": last_page })).await;
+    assert_eq!(ids(&beyond), Vec::<String>::new());
+
+    let details = ask(
+        &mut ws,
+        json!({ "type": "get_lead_details", "project_id": "p05", "provider": "xing" }),
+    )
+    .await;
+    assert_eq!(details["type"], "lead_details");
+    assert_eq!(details["details"]["raw"], json!({ "extra": 5 }));
+    let missing = ask(
+        &mut ws,
+        json!({ "type": "get_lead_details", "project_id": "p05", "provider": "freelance.de" }),
+    )
+    .await;
+    assert_eq!(
+        missing,
+        json!({ "type": "error", "detail": "lead p05 not found" })
+    );
+    gw.shutdown().await;
+}
+
+async fn each_client_is_pushed_its_own_page(backend: Backend) {
+    // Without polling, only the announcement below tells of the import.
+    let db = leadgate_tests::TestDb::new(backend).await;
+    let gw = Gateway::start_on(db, &["--leads-poll", "0"]).await;
+    let mut all = connect(&gw, "alice").await;
+    let mut xing = connect(&gw, "bob").await;
+    let mut freelance = connect(&gw, "carol").await;
+    for ws in [&mut all, &mut xing, &mut freelance] {
+        assert_eq!(next(ws).await["pagination"]["total"], 0);
+    }
+    assert_eq!(
+        ids(&ask(
+            &mut xing,
+            json!({ "type": "get_leads", "provider": "xing" })
+        )
+        .await)
+        .len(),
+        0
+    );
+    ask(
+        &mut freelance,
+        json!({ "type": "get_leads", "filter": { "provider": "freelance.de" } }),
+    )
+    .await;
+
+    import(&gw, fixture()).await;
+    let (code, body) = gw
+        .post(
+            "/api/v1/leads/events",
+            json!({ "type": "leads_updated", "provider": "xing" }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let pushed = next(&mut all).await;
+    assert_eq!(
+        (
+            pushed["type"].clone(),
+            pushed["pagination"]["total"].clone()
+        ),
+        (json!("leads_updated"), json!(40))
+    );
+    let pushed = next(&mut xing).await;
+    assert_eq!(pushed["pagination"]["total"], 20);
+    assert!(
+        pushed["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["provider"] == "xing")
+    );
+    // A client that filters another provider is not concerned by xing news.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(400), freelance.next())
+            .await
+            .is_err()
+    );
+    gw.shutdown().await;
+}
