@@ -131,7 +131,7 @@ async fn run(url: &str, count: usize, runs: usize) -> Result<(), Box<dyn std::er
                     "title": title.trim(),
                     "company": rng.pick(&COMPANIES),
                     "location": "Berlin",
-                    "remote": rng.next() % 2 == 0,
+                    "remote": rng.next().is_multiple_of(2),
                     "rate": format!("{} €/h", 60 + rng.next() % 80),
                     "skills": skills,
                     "posted_at": format!("2026-{:02}-{:02}T{:02}:00:00Z", 1 + day / 31 % 12, 1 + day % 28, day % 24),
