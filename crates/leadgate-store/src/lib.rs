@@ -17,12 +17,15 @@ use leadgate_protocol::{
 };
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use uuid::Uuid;
 
 use entity::{job, job_log};
+
+/// The advisory lock key that serializes migrations (ASCII "leadgate").
+const MIGRATION_LOCK: i64 = 0x6c65_6164_6761_7465;
 
 /// How many log lines a `job-status` snapshot carries.
 pub const RECENT_LOGS: u64 = 50;
@@ -66,9 +69,23 @@ impl Store {
     }
 
     /// Applies every pending migration.
+    ///
+    /// On PostgreSQL, instances starting together take turns: a transaction
+    /// holds an advisory lock while the migrations run on other pooled
+    /// connections, so the second instance finds them applied instead of
+    /// failing on tables the first one is creating.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await?;
-        Ok(())
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            Migrator::up(&self.db, None).await?;
+            return Ok(());
+        }
+        let guard = self.db.begin().await?;
+        guard
+            .execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+        let result = Migrator::up(&self.db, None).await;
+        guard.commit().await?;
+        Ok(result?)
     }
 
     /// `"postgres"` or `"sqlite"`.
