@@ -21,6 +21,8 @@ need node "install Node.js 20 or newer"
 need npm "install npm (it comes with Node.js)"
 need python3 "install Python 3"
 need redis-server "install Redis (apt-get install redis-server)"
+need sqlite3 "install the SQLite shell (apt-get install sqlite3)"
+need psql "install the PostgreSQL client (apt-get install postgresql-client)"
 
 reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 

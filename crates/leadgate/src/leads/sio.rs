@@ -77,18 +77,18 @@ async fn on_event(
     let Some(client) = socket.extensions.get::<LeadsClient>() else {
         return;
     };
-    let frame = match data
-        .map_err(|_| format!("{event}: the payload is not JSON"))
-        .and_then(|data| LeadsRequest::from_event(&event, data).map_err(|e| e.0))
-    {
+    // An event sent without a payload (`emit('sync')`) has nothing to
+    // deserialize; it means the same as an empty object.
+    let data = data.unwrap_or(Value::Null);
+    let frame = match LeadsRequest::from_event(&event, data) {
         Ok(request) => {
             app.leads
                 .handle(client.id, &client.principal, request)
                 .await
         }
-        Err(detail) => {
-            info!(sid = %socket.id, event, %detail, "Refused a leads request.");
-            Frame::error(detail)
+        Err(e) => {
+            info!(sid = %socket.id, event, detail = %e, "Refused a leads request.");
+            Frame::error(e.0)
         }
     };
     send(&socket, &frame);
