@@ -200,3 +200,28 @@ where
     }
     panic!("condition not reached within 10 s");
 }
+
+/// The subscription stays up while Redis is idle (its keep-alive pings must
+/// not be mistaken for failures).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_stays_up() {
+    let redis_url = shared_redis_url().await;
+    let prefix = unique_prefix();
+    let (a, b) = pair(Backend::Sqlite, &redis_url, &prefix).await;
+    let job = a.create_job("alice").await;
+    let mut on_b = subscribed(&b, "alice", job).await;
+    // Longer than the 5 s between pings.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(b.readiness().await["status"], "ok");
+    a.post_event(
+        job,
+        json!({ "type": "status", "status": "processing", "message": "still here" }),
+    )
+    .await;
+    let update = on_b.expect("job-update").await;
+    assert_eq!(seq(&update), 1);
+    // Nothing was refreshed meanwhile: no reconnect happened.
+    on_b.expect_silence(Duration::from_millis(200)).await;
+    b.shutdown().await;
+    a.shutdown().await;
+}

@@ -286,6 +286,12 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
         socket.expect("job-status").await;
         sockets.push(socket);
     }
+    let leads_url = format!("ws://{}/ws/leads/?token={}", gw.addr, gw.token("alice"));
+    let (mut leads, _) = tokio_tungstenite::connect_async(leads_url).await.unwrap();
+    use futures_util::StreamExt;
+    let first = leads.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("leads_init"));
+
     let started = std::time::Instant::now();
     let db = tokio::time::timeout(Duration::from_secs(12), gw.stop())
         .await
@@ -296,6 +302,18 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
     );
     for mut socket in sockets {
         assert!(socket.closed_within(Duration::from_secs(2)).await);
+    }
+    // The plain WebSocket is told the server is going away.
+    let close = tokio::time::timeout(Duration::from_secs(2), leads.next())
+        .await
+        .expect("a close frame")
+        .expect("a message")
+        .expect("a frame");
+    match close {
+        tokio_tungstenite::tungstenite::Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
     }
     if let Some(mut db) = db {
         db.drop_now().await;

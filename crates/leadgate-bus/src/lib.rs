@@ -246,17 +246,27 @@ async fn subscribe_once(
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
     let client = redis::Client::open(url).map_err(Failure::before)?;
-    let pubsub = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub())
-        .await
-        .map_err(|_| Failure::before("connect timed out"))?
-        .map_err(Failure::before)?;
+    let pubsub = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        result = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub()) => result
+            .map_err(|_| Failure::before("connect timed out"))?
+            .map_err(Failure::before)?,
+    };
     let (mut sink, mut stream) = pubsub.split();
-    sink.psubscribe(channels.job_pattern())
-        .await
-        .map_err(Failure::before)?;
-    sink.subscribe(&[channels.resync(), channels.leads()])
-        .await
-        .map_err(Failure::before)?;
+    // A server that accepts connections but does not answer must not hold
+    // the subscription (or shutdown) forever.
+    let subscribe = async {
+        sink.psubscribe(channels.job_pattern()).await?;
+        sink.subscribe(&[channels.resync(), channels.leads()]).await
+    };
+    tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        result = tokio::time::timeout(PING_TIMEOUT, subscribe) => match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Failure::before(e)),
+            Err(_) => return Err(Failure::before("subscribe timed out")),
+        },
+    }
     info!(reconnect, "Subscribed to Redis job channels.");
     handler.on_event(BusEvent::Subscribed { reconnect });
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -279,7 +289,9 @@ async fn subscribe_once(
                 }
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await {
+                // A subscribed RESP2 connection answers PING with an array
+                // (["pong", ""]); any answer will do.
+                match tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(Failure::after(format!("ping failed: {e}"))),
                     Err(_) => return Err(Failure::after("ping timed out")),

@@ -210,6 +210,35 @@ impl Store {
         Ok(row.map_or((0, None), |(count, latest)| (count.max(0) as u64, latest)))
     }
 
+    /// Records a crawl request, unless the same user's request for the same
+    /// provider is still queued (clicking "Sync" twice asks for one crawl,
+    /// and one user cannot fill the queue). Returns the request's id and
+    /// whether it is new.
+    pub async fn request_crawl(
+        &self,
+        requested_by: &str,
+        provider: Option<&str>,
+    ) -> Result<(i64, bool), StoreError> {
+        let same_provider = match provider {
+            Some(p) => crawl_request::Column::Provider.eq(p),
+            None => crawl_request::Column::Provider.is_null(),
+        };
+        let queued = crawl_request::Entity::find()
+            .filter(crawl_request::Column::State.eq(CRAWL_QUEUED))
+            .filter(crawl_request::Column::RequestedBy.eq(requested_by))
+            .filter(same_provider)
+            .order_by_asc(crawl_request::Column::Id)
+            .one(&self.db)
+            .await?;
+        match queued {
+            Some(request) => Ok((request.id, false)),
+            None => Ok((
+                self.create_crawl_request(requested_by, provider).await?,
+                true,
+            )),
+        }
+    }
+
     /// Records a crawl request; returns its id.
     pub async fn create_crawl_request(
         &self,

@@ -84,8 +84,10 @@ impl Store {
             .execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
         let result = Migrator::up(&self.db, None).await;
-        guard.commit().await?;
-        Ok(result?)
+        // The migrations' own error says more than a failed unlock would.
+        let unlocked = guard.commit().await;
+        result?;
+        Ok(unlocked?)
     }
 
     /// `"postgres"` or `"sqlite"`.

@@ -119,6 +119,10 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        // The header first: a token whose header cannot be read (not a JWT,
+        // or an algorithm such as `none` that is not one at all) is
+        // malformed; after that, a JSON error can only be in the claims.
+        jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -127,11 +131,9 @@ impl Verifier {
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     AuthError::AlgorithmNotAllowed
                 }
-                ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
-                    AuthError::BadClaims
-                }
-                // A JSON error after the signature checked out is a claims
-                // problem; before it, the header could not be read.
+                ErrorKind::MissingRequiredClaim(_)
+                | ErrorKind::InvalidClaimFormat(_)
+                | ErrorKind::Json(_) => AuthError::BadClaims,
                 _ => AuthError::Malformed,
             },
         )?;
@@ -259,6 +261,19 @@ mod tests {
         // alg "none" with an empty signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo0MTAyNDQ0ODAwfQ.";
         assert!(v.verify(none).is_err());
+    }
+
+    #[test]
+    fn claims_of_the_wrong_shape_are_named() {
+        let claims =
+            json!({ "sub": "a", "exp": chrono::Utc::now().timestamp() + 60, "roles": "admin" });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(verifier().verify(&token), Err(AuthError::BadClaims));
     }
 
     #[test]

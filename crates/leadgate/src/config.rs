@@ -25,6 +25,7 @@ pub struct Config {
         long,
         env = "LEADGATE_DATABASE_URL",
         default_value = "sqlite://leadgate.db?mode=rwc",
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
@@ -32,7 +33,12 @@ pub struct Config {
     /// Redis URL. Unset: one instance, in-process fan-out. Set: every
     /// instance subscribes to the job channels and events reach the sockets
     /// of all of them.
-    #[arg(long, env = "LEADGATE_REDIS_URL", global = true)]
+    #[arg(
+        long,
+        env = "LEADGATE_REDIS_URL",
+        hide_env_values = true,
+        global = true
+    )]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key and channel.

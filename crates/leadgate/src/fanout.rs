@@ -6,19 +6,22 @@
 //! path for events from the HTTP API and from workers that publish
 //! themselves. When Redis is unreachable, an event applied here is delivered
 //! here and its job remembered; once Redis is back, a resync message asks
-//! every instance to re-read those jobs. Each instance also refreshes all of
+//! every instance to re-read those jobs (retried until it goes through). Each
+//! instance also refreshes all of
 //! its subscribed jobs after its own subscription comes back, since events
 //! published meanwhile were lost to it.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use leadgate_bus::{BusEvent, BusHandler, Publisher};
 use leadgate_protocol::leads::{CrawlRequested, LeadsChanged, LeadsChangedKind};
 use leadgate_protocol::{JobUpdate, WorkerEvent};
 use leadgate_store::Store;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
@@ -38,8 +41,10 @@ pub struct RedisFanout {
     publisher: Publisher,
     /// Whether this instance's subscription is up.
     subscribed: AtomicBool,
-    /// Jobs with events that could not be published.
+    /// Jobs with events that could not be published, waiting for a resync
+    /// message to go out (`run_resync_sender`).
     unpublished: Mutex<HashSet<Uuid>>,
+    unpublished_added: Notify,
 }
 
 impl RedisFanout {
@@ -48,6 +53,7 @@ impl RedisFanout {
             publisher,
             subscribed: AtomicBool::new(false),
             unpublished: Mutex::default(),
+            unpublished_added: Notify::new(),
         }
     }
 
@@ -110,6 +116,7 @@ impl Fanout {
                 if let Err(e) = redis.publisher.publish_update(update).await {
                     warn!(job = %update.job_id, seq = update.seq, error = %e, "Could not publish a job event to Redis; delivering it on this instance only.");
                     redis.unpublished().insert(update.job_id);
+                    redis.unpublished_added.notify_one();
                     hub.deliver(update);
                 }
             }
@@ -138,19 +145,8 @@ impl BusHandler for RedisHandler {
                 if reconnect {
                     self.leads.changed(None);
                 }
-                let jobs: Vec<Uuid> = redis.unpublished().drain().collect();
-                if !jobs.is_empty() {
-                    let publisher = redis.publisher.clone();
-                    let fanout = self.fanout.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = publisher.publish_resync(&jobs).await {
-                            warn!(error = %e, jobs = jobs.len(), "Could not publish a resync; will retry after the next reconnect.");
-                            if let Fanout::Redis(redis) = &*fanout {
-                                redis.unpublished().extend(jobs);
-                            }
-                        }
-                    });
-                }
+                // Redis answers again: a pending resync can go out now.
+                redis.unpublished_added.notify_one();
                 if reconnect {
                     info!("Redis is back; refreshing every subscribed job.");
                 }
@@ -214,6 +210,45 @@ impl RedisHandler {
     }
 }
 
+/// Publishes resync messages for the jobs whose events could not be
+/// published, retrying with backoff until Redis takes them, until `cancel`.
+pub async fn run_resync_sender(fanout: Arc<Fanout>, cancel: CancellationToken) {
+    let Fanout::Redis(redis) = &*fanout else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let jobs: Vec<Uuid> = redis.unpublished().iter().copied().collect();
+        if jobs.is_empty() {
+            backoff = Duration::from_millis(200);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = redis.unpublished_added.notified() => continue,
+            }
+        }
+        match redis.publisher.publish_resync(&jobs).await {
+            Ok(()) => {
+                info!(
+                    jobs = jobs.len(),
+                    "Asked every instance to refresh jobs whose events could not be published."
+                );
+                let mut unpublished = redis.unpublished();
+                for job in &jobs {
+                    unpublished.remove(job);
+                }
+            }
+            Err(e) => {
+                debug!(error = %e, jobs = jobs.len(), "Resync not published yet; retrying.");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// Reads the snapshots of jobs queued for a refresh and hands them to the
 /// hub, until `cancel`.
 pub async fn run_refresher(hub: Arc<Hub>, store: Store, cancel: CancellationToken) {
@@ -231,7 +266,7 @@ pub async fn run_refresher(hub: Arc<Hub>, store: Store, cancel: CancellationToke
                         Ok(None) => {}
                         Err(e) => {
                             warn!(job = %job, error = %e, "Could not read a job to refresh its subscribers; retrying.");
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
                             hub.request_refresh(job);
                         }
                     }

@@ -233,15 +233,12 @@ async fn leads_sync(
     } else {
         parse_json(&body)?
     };
-    let frame = app.leads.sync(&user, request.provider.as_deref()).await;
-    let answer: Value = serde_json::from_str(frame.json.get()).unwrap_or_default();
-    if frame.kind == "error" {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            answer["detail"].as_str().unwrap_or("sync failed"),
-        ));
-    }
-    Ok((StatusCode::ACCEPTED, Json(answer)))
+    let accepted = app
+        .leads
+        .sync(&user, request.provider.as_deref())
+        .await
+        .map_err(|detail| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, detail))?;
+    Ok((StatusCode::ACCEPTED, Json(json!(accepted))))
 }
 
 /// `POST /api/v1/leads/events` `{ type: 'leads_updated', provider }`, for

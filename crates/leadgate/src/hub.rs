@@ -13,7 +13,11 @@
 //!   the next one. A later `seq` means updates were lost or overtaken on the
 //!   way (a publish that failed, two publishers racing): the subscription
 //!   goes back to pending and the job is queued for a refresh, which sends a
-//!   fresh `job-status` read from the database.
+//!   fresh `job-status` read from the database (unless the socket already
+//!   has that state), then the buffered updates that follow it without a
+//!   gap. Buffered updates beyond a gap are dropped: the database, read
+//!   after they were published, is the better account of the job, and a
+//!   worker's bogus seq cannot make refreshes loop.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +59,8 @@ enum State {
         authorized: bool,
         buffer: Vec<JobUpdate>,
         overflowed: bool,
+        /// The seq the socket already has, when it was active before.
+        last_sent: Option<i64>,
     },
     Active {
         last_seq: i64,
@@ -67,6 +73,7 @@ impl State {
             authorized,
             buffer: Vec::new(),
             overflowed: false,
+            last_sent: None,
         }
     }
 }
@@ -138,9 +145,7 @@ impl Hub {
                 Activation::Reload
             }
             State::Pending { .. } => {
-                if !self.send_snapshot(sub, status) {
-                    self.refresh.push(job);
-                }
+                send_snapshot(sub, status);
                 Activation::Sent
             }
         }
@@ -160,12 +165,21 @@ impl Hub {
                     authorized: false, ..
                 } => {}
                 State::Pending {
-                    overflowed: true, ..
+                    overflowed: true,
+                    last_sent,
+                    ..
                 } => {
-                    sub.state = State::pending(true);
+                    // Updates were lost from the buffer while the snapshot
+                    // loaded, possibly after it was read: read again.
+                    sub.state = State::Pending {
+                        authorized: true,
+                        buffer: Vec::new(),
+                        overflowed: false,
+                        last_sent: *last_sent,
+                    };
                     again = true;
                 }
-                State::Pending { .. } => again |= !self.send_snapshot(sub, status),
+                State::Pending { .. } => send_snapshot(sub, status),
                 State::Active { last_seq } if status.seq > *last_seq => {
                     *last_seq = status.seq;
                     send(&sub.socket, "job-status", status, job);
@@ -175,41 +189,6 @@ impl Hub {
         }
         if again {
             self.refresh.push(job);
-        }
-    }
-
-    /// Sends the snapshot and the buffered updates that follow it without a
-    /// gap. Returns `false` if a gap remains (the subscription stays
-    /// pending with the rest of its buffer and needs another refresh).
-    fn send_snapshot(&self, sub: &mut Subscriber, status: &JobStatus) -> bool {
-        let State::Pending { buffer, .. } = &mut sub.state else {
-            return true;
-        };
-        let mut buffered = std::mem::take(buffer);
-        buffered.sort_by_key(|u| u.seq);
-        send(&sub.socket, "job-status", status, status.job_id);
-        let mut last_seq = status.seq;
-        let mut rest = buffered
-            .into_iter()
-            .skip_while(|u| u.seq <= status.seq)
-            .peekable();
-        while let Some(update) = rest.next_if(|u| u.seq <= last_seq + 1) {
-            if update.seq == last_seq + 1 {
-                send(&sub.socket, "job-update", &update, update.job_id);
-                last_seq = update.seq;
-            }
-        }
-        let rest: Vec<JobUpdate> = rest.collect();
-        if rest.is_empty() {
-            sub.state = State::Active { last_seq };
-            true
-        } else {
-            sub.state = State::Pending {
-                authorized: true,
-                buffer: rest,
-                overflowed: false,
-            };
-            false
         }
     }
 
@@ -257,6 +236,7 @@ impl Hub {
                         authorized: true,
                         buffer: vec![update.clone()],
                         overflowed: false,
+                        last_sent: Some(*last_seq),
                     };
                     gap = true;
                 }
@@ -288,15 +268,49 @@ impl Hub {
         }
     }
 
-    /// Queues one job for a refresh.
+    /// Queues one job for a refresh, if any socket here follows it.
     pub fn request_refresh(&self, job: Uuid) {
-        self.refresh.push(job);
+        if self.shard(&job).contains_key(&job) {
+            self.refresh.push(job);
+        }
     }
 
     /// Waits until jobs are queued for a refresh and takes them.
     pub async fn next_refreshes(&self) -> Vec<Uuid> {
         self.refresh.take().await
     }
+}
+
+/// Sends a pending subscription the snapshot (unless it already has that
+/// state) and the buffered updates that follow it without a gap, and makes
+/// it active. Buffered updates beyond a gap are dropped (see the module
+/// docs).
+fn send_snapshot(sub: &mut Subscriber, status: &JobStatus) {
+    let State::Pending {
+        buffer, last_sent, ..
+    } = &mut sub.state
+    else {
+        return;
+    };
+    let mut buffered = std::mem::take(buffer);
+    buffered.sort_by_key(|u| u.seq);
+    let mut last_seq = match *last_sent {
+        Some(sent) if sent >= status.seq => sent,
+        _ => {
+            send(&sub.socket, "job-status", status, status.job_id);
+            status.seq
+        }
+    };
+    for update in buffered {
+        if update.seq == last_seq + 1 {
+            send(&sub.socket, "job-update", &update, update.job_id);
+            last_seq = update.seq;
+        } else if update.seq > last_seq + 1 {
+            tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
+            break;
+        }
+    }
+    sub.state = State::Active { last_seq };
 }
 
 /// Jobs waiting for a refresh. A set, so it is bounded by the number of jobs

@@ -80,6 +80,13 @@ async fn subscribe(
         return refuse(&socket, ack, "subscribe-job", &message);
     }
     let token = app.hub.begin(job, &socket);
+    // Handlers are not cancelled when the socket goes: if the disconnect
+    // handler already cleaned up, this subscription must not outlive it.
+    if !socket.connected() {
+        app.hub.end(job, socket.id, Some(token));
+        session.remove_job(&job);
+        return;
+    }
     loop {
         match app.store.job_status(job).await {
             Ok(Some(found)) if session.principal.may_read(&found.user_id) => {

@@ -31,6 +31,7 @@ use socketioxide::SocketIo;
 use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -58,6 +59,10 @@ pub struct AppInner {
     limits: Limits,
     /// Set on shutdown: `/readyz` answers 503 from then on.
     draining: AtomicBool,
+    /// Cancelled on shutdown; plain WebSocket connections close on it.
+    stopping: CancellationToken,
+    /// The plain WebSocket connections, which shutdown waits for.
+    connections: TaskTracker,
 }
 
 /// Per-connection limits.
@@ -83,12 +88,22 @@ impl App {
         event: JobEvent,
         expected_seq: Option<i64>,
     ) -> Result<JobUpdate, StoreError> {
-        // Held across apply and publish: two events of one job applied
-        // concurrently on this instance go out in seq order.
-        let _guard = self.job_locks.lock(job).await;
-        let update = self.store.apply_event(job, event, expected_seq).await?;
-        self.fanout.publish(&self.hub, &update).await;
-        Ok(update)
+        // A task of its own, so that a caller that goes away (a worker's
+        // request timing out) cannot stop an applied event from being
+        // published, nor leave the job's lock behind.
+        let app = self.clone();
+        let task = tokio::spawn(async move {
+            // Held across apply and publish: two events of one job applied
+            // concurrently on this instance go out in seq order.
+            let _guard = app.job_locks.lock(job).await;
+            let update = app.store.apply_event(job, event, expected_seq).await?;
+            app.fanout.publish(&app.hub, &update).await;
+            Ok(update)
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 }
 
@@ -164,6 +179,10 @@ pub async fn run(
         )),
         None => {}
     }
+    background.push(tokio::spawn(fanout::run_resync_sender(
+        fanout.clone(),
+        tasks.clone(),
+    )));
     background.push(tokio::spawn(fanout::run_refresher(
         hub.clone(),
         store.clone(),
@@ -184,6 +203,8 @@ pub async fn run(
             max_payload: config.max_payload,
         },
         draining: AtomicBool::new(false),
+        stopping: CancellationToken::new(),
+        connections: TaskTracker::new(),
     }));
 
     let (layer, io) = SocketIo::builder()
@@ -208,7 +229,7 @@ pub async fn run(
     // new clients), stop accepting, then close every client's transport.
     // Clients see `transport close` and socket.io-client reconnects by
     // itself, through the load balancer to another instance.
-    let stopping = CancellationToken::new();
+    let stopping = app.stopping.clone();
     let signal = {
         let (stopping, app) = (stopping.clone(), app.clone());
         async move {
@@ -236,23 +257,29 @@ pub async fn run(
     .into_future();
     let grace = config.shutdown_grace();
     // WebSocket connections are upgraded out of the HTTP server's sight, so
-    // the server can finish before they are closed: wait for the closer too.
+    // the server can finish before they are closed: wait for the closer and
+    // the plain WebSocket connections too.
     let drained = async {
         let result = server.await;
         let _ = closer.await;
+        app.connections.close();
+        app.connections.wait().await;
         result
     };
-    tokio::select! {
-        result = drained => result.context("server error")?,
+    let served = tokio::select! {
+        result = drained => result.context("server error"),
         () = async { stopping.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!(grace_secs = grace.as_secs(), "Connections still open after the grace period; closing them.");
+            Ok(())
         }
-    }
+    };
+    // Background tasks end whether the server stopped cleanly or not.
     tasks.cancel();
     for task in background {
         let _ = task.await;
     }
     store.close().await?;
+    served?;
     info!("Stopped.");
     Ok(())
 }

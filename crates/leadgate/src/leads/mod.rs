@@ -42,7 +42,8 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 /// Pages read at once while pushing.
 const PUSH_CONCURRENCY: usize = 8;
 /// Distinct pages cached between changes; past this the cache starts over.
-const CACHE_LIMIT: usize = 4096;
+/// A page holds up to 500 leads, so this bounds the cache to tens of MB.
+const CACHE_LIMIT: usize = 256;
 
 /// One message, serialized once: JSON for Socket.IO, text for WebSocket.
 #[derive(Clone)]
@@ -145,13 +146,22 @@ impl Leads {
 
     /// Registers a client looking at page 1 without a filter.
     pub fn register(&self, sink: Sink) -> u64 {
-        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        let id = self.new_id();
+        self.register_as(id, sink);
+        id
+    }
+
+    /// A client id, for a client registered later with `register_as`.
+    pub fn new_id(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn register_as(&self, id: u64, sink: Sink) {
         let client = Client {
             query: LeadsQuery::default(),
             sink,
         };
         lock(&self.clients).insert(id, client);
-        id
     }
 
     pub fn unregister(&self, id: u64) {
@@ -215,25 +225,35 @@ impl Leads {
                     Frame::error("could not read the lead; try again")
                 }
             },
-            LeadsRequest::Sync { provider } => self.sync(user, provider.as_deref()).await,
+            LeadsRequest::Sync { provider } => match self.sync(user, provider.as_deref()).await {
+                Ok(accepted) => Frame::new("sync_accepted", &accepted),
+                Err(detail) => Frame::error(detail),
+            },
         }
     }
 
-    /// Records a crawl request and tells the crawlers.
-    pub async fn sync(&self, user: &Principal, provider: Option<&str>) -> Frame {
+    /// Records a crawl request (or finds the same one still queued) and
+    /// tells the crawlers.
+    pub async fn sync(
+        &self,
+        user: &Principal,
+        provider: Option<&str>,
+    ) -> Result<SyncAccepted, String> {
         let provider = provider.map(str::trim).filter(|p| !p.is_empty());
         if provider.is_some_and(|p| p.chars().count() > leadgate_protocol::leads::MAX_NAME_LEN) {
-            return Frame::error("provider is too long");
+            return Err("provider is too long".into());
         }
-        match self.store.create_crawl_request(&user.sub, provider).await {
-            Ok(request_id) => {
-                self.fanout.announce_crawl(request_id, provider).await;
-                debug!(request_id, user = %user.sub, provider, "Crawl requested.");
-                Frame::new("sync_accepted", &sync_accepted(request_id, provider))
+        match self.store.request_crawl(&user.sub, provider).await {
+            Ok((request_id, created)) => {
+                if created {
+                    self.fanout.announce_crawl(request_id, provider).await;
+                }
+                debug!(request_id, created, user = %user.sub, provider, "Crawl requested.");
+                Ok(sync_accepted(request_id, provider))
             }
             Err(e) => {
                 error!(error = %e, "Could not record a crawl request.");
-                Frame::error("could not record the sync request; try again")
+                Err("could not record the sync request; try again".into())
             }
         }
     }
@@ -262,36 +282,42 @@ impl Leads {
             }
             cache.entry(query.clone()).or_default().clone()
         };
-        cell.get_or_init(|| async {
-            match self.store.leads_page(query).await {
-                Ok((projects, total)) => {
-                    let pagination = Pagination {
-                        page: query.page,
-                        page_size: query.page_size,
-                        total,
-                    };
-                    let page = |kind| LeadsPage {
-                        kind,
-                        projects: &projects,
-                        pagination,
-                    };
-                    Ok(Arc::new(CachedPage {
-                        init: Frame::new("leads_init", &page("leads_init")),
-                        updated: Frame::new("leads_updated", &page("leads_updated")),
-                    }))
+        let result = cell
+            .get_or_init(|| async {
+                match self.store.leads_page(query).await {
+                    Ok((projects, total)) => {
+                        let pagination = Pagination {
+                            page: query.page,
+                            page_size: query.page_size,
+                            total,
+                        };
+                        let page = |kind| LeadsPage {
+                            kind,
+                            projects: &projects,
+                            pagination,
+                        };
+                        Ok(Arc::new(CachedPage {
+                            init: Frame::new("leads_init", &page("leads_init")),
+                            updated: Frame::new("leads_updated", &page("leads_updated")),
+                        }))
+                    }
+                    Err(e) => {
+                        error!(error = %e, "Could not read a page of leads.");
+                        Err("could not read the leads; try again".to_owned())
+                    }
                 }
-                Err(e) => {
-                    error!(error = %e, "Could not read a page of leads.");
-                    Err("could not read the leads; try again".to_owned())
-                }
+            })
+            .await
+            .clone();
+        if result.is_err() {
+            // Do not keep a failure: the next request reads again. Only this
+            // cell: a newer one may have replaced it after a change.
+            let mut cache = lock(&self.cache);
+            if cache.get(query).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                cache.remove(query);
             }
-        })
-        .await
-        .clone()
-        .inspect_err(|_| {
-            // Do not keep a failure: the next request reads again.
-            lock(&self.cache).remove(query);
-        })
+        }
+        result
     }
 
     /// Sends `leads_updated` to every client concerned by each change, until

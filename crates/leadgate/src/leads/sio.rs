@@ -35,8 +35,10 @@ pub async fn authenticate(
             |e| info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection."),
         )?;
     let turnstile = Turnstile::new();
+    // Registered in the connect handler, once the socket is connected: a
+    // handshake that fails after this middleware runs no disconnect handler.
     let client = LeadsClient {
-        id: app.leads.register(Sink::Socket(socket.clone())),
+        id: app.leads.new_id(),
         principal: Arc::new(principal),
         first_turn: Arc::new(Mutex::new(Some(turnstile.ticket()))),
     };
@@ -49,11 +51,20 @@ pub async fn authenticate(
     Ok(())
 }
 
-/// Connect handler: sends `leads_init`, ahead of any request's answer.
+/// Connect handler: registers the client and sends `leads_init`, ahead of
+/// any request's answer.
 pub async fn on_connect(socket: SocketRef, State(app): State<App>) {
     let Some(client) = socket.extensions.get::<LeadsClient>() else {
         return;
     };
+    app.leads
+        .register_as(client.id, Sink::Socket(socket.clone()));
+    // The disconnect handler may have run already (handlers run in tasks of
+    // their own); then it found nothing to remove.
+    if !socket.connected() {
+        app.leads.unregister(client.id);
+        return;
+    }
     info!(ns = socket.ns(), sid = %socket.id, user = %client.principal.sub, transport = ?socket.transport_type(), "Connected.");
     let turn = client
         .first_turn

@@ -38,7 +38,10 @@ pub async fn upgrade(
     let max = app.limits.max_payload;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket, user))
+        .on_upgrade(move |socket| {
+            let connections = app.connections.clone();
+            connections.track_future(serve(app, socket, user))
+        })
 }
 
 async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) {
@@ -65,6 +68,7 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
     // The writer owns the sending half; it ends when every sender is gone
     // (the reader below finished and the client was unregistered) or the
     // peer stops accepting frames.
+    let stopping = app.stopping.clone();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
@@ -80,11 +84,25 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
                 break;
             }
         }
+        if stopping.is_cancelled() {
+            let away = CloseFrame {
+                code: close_code::AWAY,
+                reason: "server shutting down".into(),
+            };
+            let _ = outgoing.send(Message::Close(Some(away))).await;
+        }
         let _ = outgoing.close().await;
     });
 
     if tx.send(app.leads.current_page(id).await).await.is_ok() {
-        while let Some(Ok(message)) = incoming.next().await {
+        loop {
+            let message = tokio::select! {
+                () = app.stopping.cancelled() => break,
+                message = incoming.next() => match message {
+                    Some(Ok(message)) => message,
+                    _ => break,
+                },
+            };
             let frame = match message {
                 Message::Text(text) => match LeadsRequest::from_frame(text.as_str()) {
                     Ok(request) => app.leads.handle(id, &user, request).await,
