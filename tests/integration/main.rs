@@ -27,4 +27,5 @@ mod auth;
 mod fanout;
 mod jobs;
 mod leads;
+mod ops;
 mod worker_api;

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::hub::Hub;
 use crate::leads::Leads;
+use crate::metrics::Metrics;
 
 /// Snapshots read at once while refreshing.
 const REFRESH_CONCURRENCY: usize = 16;
@@ -106,10 +107,12 @@ impl Fanout {
     }
 
     /// Sends an applied event on its way to every subscribed socket.
-    pub async fn publish(&self, hub: &Hub, update: &JobUpdate) {
+    pub async fn publish(&self, hub: &Hub, metrics: &Metrics, update: &JobUpdate) {
+        metrics.publishing(update.job_id, update.seq);
         match self {
             Fanout::Local => {
                 let sent = hub.deliver(update);
+                metrics.delivered(update.job_id, update.seq);
                 debug!(job = %update.job_id, seq = update.seq, sent, "Delivered a job event.");
             }
             Fanout::Redis(redis) => {
@@ -118,6 +121,7 @@ impl Fanout {
                     redis.unpublished().insert(update.job_id);
                     redis.unpublished_added.notify_one();
                     hub.deliver(update);
+                    metrics.delivered(update.job_id, update.seq);
                 }
             }
         }
@@ -129,6 +133,7 @@ pub struct RedisHandler {
     pub hub: Arc<Hub>,
     pub fanout: Arc<Fanout>,
     pub leads: Arc<Leads>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl BusHandler for RedisHandler {
@@ -139,6 +144,7 @@ impl BusHandler for RedisHandler {
         match event {
             BusEvent::Subscribed { reconnect } => {
                 redis.subscribed.store(true, Ordering::Relaxed);
+                self.metrics.redis_up.set(1);
                 // Whatever was published while we were not subscribed is
                 // lost to us: read every followed job and page again.
                 self.hub.refresh_all();
@@ -153,6 +159,7 @@ impl BusHandler for RedisHandler {
             }
             BusEvent::Lost { reason } => {
                 redis.subscribed.store(false, Ordering::Relaxed);
+                self.metrics.redis_up.set(0);
                 error!(%reason, "Redis unreachable: events from other instances and workers are not delivered until it is back.");
             }
             BusEvent::Job { job, payload } => self.on_job_message(job, payload),
@@ -197,6 +204,8 @@ impl RedisHandler {
                     seq,
                     event: event.event,
                 });
+                self.metrics.delivered(job, seq);
+                self.metrics.worker_event("redis", "delivered");
                 debug!(source = "redis", job = %job, seq, sent, "Delivered a job event.");
             }
             None => {
@@ -204,6 +213,7 @@ impl RedisHandler {
                 // database has it (the worker applied it), so subscribers get
                 // the job's fresh state instead.
                 debug!(source = "redis", job = %job, "Job event without seq; refreshing the job.");
+                self.metrics.worker_event("redis", "dropped");
                 self.hub.request_refresh(job);
             }
         }
@@ -251,7 +261,12 @@ pub async fn run_resync_sender(fanout: Arc<Fanout>, cancel: CancellationToken) {
 
 /// Reads the snapshots of jobs queued for a refresh and hands them to the
 /// hub, until `cancel`.
-pub async fn run_refresher(hub: Arc<Hub>, store: Store, cancel: CancellationToken) {
+pub async fn run_refresher(
+    hub: Arc<Hub>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     loop {
         let jobs = tokio::select! {
             () = cancel.cancelled() => return,
@@ -259,9 +274,12 @@ pub async fn run_refresher(hub: Arc<Hub>, store: Store, cancel: CancellationToke
         };
         futures_util::stream::iter(jobs)
             .for_each_concurrent(REFRESH_CONCURRENCY, |job| {
-                let (hub, store) = (hub.clone(), store.clone());
+                let (hub, store, metrics) = (hub.clone(), store.clone(), metrics.clone());
                 async move {
-                    match store.job_status(job).await {
+                    let started = std::time::Instant::now();
+                    let found = store.job_status(job).await;
+                    metrics.query("job_status", started.elapsed());
+                    match found {
                         Ok(Some(found)) => hub.refresh(job, &found.status),
                         Ok(None) => {}
                         Err(e) => {

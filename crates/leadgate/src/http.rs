@@ -29,6 +29,7 @@ pub fn router(app: App, max_body: usize) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/jobs", post(create_job))
         .route("/api/v1/jobs/{job_id}/events", post(post_event))
         .route("/api/v1/leads/sync", post(leads_sync))
@@ -79,6 +80,16 @@ impl IntoResponse for ApiError {
 
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics_text(),
+    )
 }
 
 async fn readyz(State(app): State<App>) -> (StatusCode, Json<Value>) {
@@ -186,22 +197,30 @@ async fn post_event(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     authorize_worker(&app, &headers)?;
+    let invalid = |e: ApiError| {
+        app.metrics.worker_event("http", "invalid");
+        e
+    };
     let job = parse_job_id(&Value::String(raw_job))
-        .map_err(|_| ApiError::bad_request("the jobId in the URL must be a UUID"))?;
-    let body = body?;
+        .map_err(|_| invalid(ApiError::bad_request("the jobId in the URL must be a UUID")))?;
+    let body = body.map_err(|e| invalid(e.into()))?;
     let event = WorkerEvent::from_slice(&body).map_err(|e| {
         info!(job = %job, source = "http", reason = %e, "Refused an invalid job event.");
-        ApiError::bad_request(e.to_string())
+        invalid(ApiError::bad_request(e.to_string()))
     })?;
     if event.job_id.is_some_and(|id| id != job) {
-        return Err(ApiError::bad_request(
+        return Err(invalid(ApiError::bad_request(
             "the jobId in the body does not match the one in the URL",
-        ));
+        )));
     }
     let update = app
         .apply_event(job, event.event, event.seq)
         .await
-        .map_err(store_error)?;
+        .map_err(|e| {
+            app.metrics.worker_event("http", "dropped");
+            store_error(e)
+        })?;
+    app.metrics.worker_event("http", "delivered");
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "jobId": job, "seq": update.seq })),

@@ -21,13 +21,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use leadgate_protocol::{JobStatus, JobUpdate};
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+use crate::metrics::Metrics;
 
 /// Updates buffered for a pending subscription. Past this the buffer is
 /// dropped and the snapshot read again.
@@ -43,6 +45,7 @@ pub struct Hub {
     shards: Box<[Mutex<Subscribers>]>,
     next_token: AtomicU64,
     refresh: RefreshQueue,
+    metrics: Arc<Metrics>,
 }
 
 struct Subscriber {
@@ -89,17 +92,30 @@ pub enum Activation {
     Gone,
 }
 
-impl Default for Hub {
-    fn default() -> Self {
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             next_token: AtomicU64::new(1),
             refresh: RefreshQueue::default(),
+            metrics,
         }
     }
-}
 
-impl Hub {
+    /// Subscriptions, over every job.
+    pub fn subscription_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     fn shard(&self, job: &Uuid) -> MutexGuard<'_, Subscribers> {
         let index = (job.as_u128() % SHARDS as u128) as usize;
         // Every change under this lock is a single push, retain or field
@@ -145,7 +161,7 @@ impl Hub {
                 Activation::Reload
             }
             State::Pending { .. } => {
-                send_snapshot(sub, status);
+                send_snapshot(&self.metrics, sub, status);
                 Activation::Sent
             }
         }
@@ -179,10 +195,10 @@ impl Hub {
                     };
                     again = true;
                 }
-                State::Pending { .. } => send_snapshot(sub, status),
+                State::Pending { .. } => send_snapshot(&self.metrics, sub, status),
                 State::Active { last_seq } if status.seq > *last_seq => {
                     *last_seq = status.seq;
-                    send(&sub.socket, "job-status", status, job);
+                    send(&self.metrics, &sub.socket, "job-status", status, job);
                 }
                 State::Active { .. } => {}
             }
@@ -226,7 +242,13 @@ impl Hub {
                 }
                 State::Active { last_seq } if update.seq == *last_seq + 1 => {
                     *last_seq = update.seq;
-                    if send(&sub.socket, "job-update", update, update.job_id) {
+                    if send(
+                        &self.metrics,
+                        &sub.socket,
+                        "job-update",
+                        update,
+                        update.job_id,
+                    ) {
                         sent += 1;
                     }
                 }
@@ -285,7 +307,7 @@ impl Hub {
 /// state) and the buffered updates that follow it without a gap, and makes
 /// it active. Buffered updates beyond a gap are dropped (see the module
 /// docs).
-fn send_snapshot(sub: &mut Subscriber, status: &JobStatus) {
+fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
     let State::Pending {
         buffer, last_sent, ..
     } = &mut sub.state
@@ -297,13 +319,13 @@ fn send_snapshot(sub: &mut Subscriber, status: &JobStatus) {
     let mut last_seq = match *last_sent {
         Some(sent) if sent >= status.seq => sent,
         _ => {
-            send(&sub.socket, "job-status", status, status.job_id);
+            send(metrics, &sub.socket, "job-status", status, status.job_id);
             status.seq
         }
     };
     for update in buffered {
         if update.seq == last_seq + 1 {
-            send(&sub.socket, "job-update", &update, update.job_id);
+            send(metrics, &sub.socket, "job-update", &update, update.job_id);
             last_seq = update.seq;
         } else if update.seq > last_seq + 1 {
             tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
@@ -346,8 +368,16 @@ impl RefreshQueue {
     }
 }
 
-fn send<T: serde::Serialize>(socket: &SocketRef, event: &'static str, data: &T, job: Uuid) -> bool {
-    match socket.emit(event, data) {
+fn send<T: serde::Serialize>(
+    metrics: &Metrics,
+    socket: &SocketRef,
+    event: &'static str,
+    data: &T,
+    job: Uuid,
+) -> bool {
+    let result = socket.emit(event, data);
+    metrics.message(event, result.is_ok());
+    match result {
         Ok(()) => true,
         Err(e) => {
             // The socket's queue is full or it is closing; the packet is

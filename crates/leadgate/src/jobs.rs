@@ -82,13 +82,18 @@ async fn subscribe(
     let token = app.hub.begin(job, &socket);
     // Handlers are not cancelled when the socket goes: if the disconnect
     // handler already cleaned up, this subscription must not outlive it.
-    if !socket.connected() {
+    // (It closes the session before it takes the jobs, and the job was
+    // added before `begin`, so one of the two always ends it.)
+    if session.is_closed() {
         app.hub.end(job, socket.id, Some(token));
         session.remove_job(&job);
         return;
     }
     loop {
-        match app.store.job_status(job).await {
+        let started = std::time::Instant::now();
+        let found = app.store.job_status(job).await;
+        app.metrics.query("job_status", started.elapsed());
+        match found {
             Ok(Some(found)) if session.principal.may_read(&found.user_id) => {
                 match app.hub.activate(job, socket.id, token, &found.status) {
                     Activation::Sent => {
@@ -144,7 +149,7 @@ async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: Discon
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         return;
     };
-    for job in session.take_jobs() {
+    for job in session.close() {
         app.hub.end(job, socket.id, None);
     }
     info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, ?reason, "Disconnected.");

@@ -13,6 +13,7 @@ mod hub;
 mod jobs;
 mod leads;
 mod locks;
+mod metrics;
 mod session;
 
 use std::future::Future;
@@ -43,6 +44,7 @@ use crate::fanout::{Fanout, RedisFanout, RedisHandler};
 use crate::hub::Hub;
 use crate::leads::Leads;
 use crate::locks::JobLocks;
+use crate::metrics::Metrics;
 
 /// Shared state of one gateway instance; cheap to clone.
 #[derive(Clone)]
@@ -50,6 +52,9 @@ pub struct App(Arc<AppInner>);
 
 pub struct AppInner {
     store: Store,
+    metrics: Arc<Metrics>,
+    /// Set once the Socket.IO layer is built; read by `/metrics`.
+    io: std::sync::OnceLock<SocketIo>,
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
     leads: Arc<Leads>,
@@ -80,6 +85,36 @@ impl Deref for App {
 }
 
 impl App {
+    /// The metrics text for `GET /metrics`, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let m = &self.metrics;
+        m.connections.clear();
+        if let Some(io) = self.io.get() {
+            for namespace in ["/", "/leads"] {
+                for socket in io.of(namespace).map(|ns| ns.sockets()).unwrap_or_default() {
+                    let transport = match socket.transport_type() {
+                        socketioxide::TransportType::Websocket => "websocket",
+                        socketioxide::TransportType::Polling => "polling",
+                    };
+                    m.connections
+                        .get_or_create(&metrics::ConnectionLabels {
+                            namespace,
+                            transport,
+                        })
+                        .inc();
+                }
+            }
+        }
+        m.connections
+            .get_or_create(&metrics::ConnectionLabels {
+                namespace: "/ws/leads/",
+                transport: "websocket",
+            })
+            .set(self.leads.websocket_clients() as i64);
+        m.subscriptions.set(self.hub.subscription_count() as i64);
+        m.encode()
+    }
+
     /// Applies a worker's event to the database and sends the resulting
     /// `job-update` to every subscribed socket, on every instance.
     pub async fn apply_event(
@@ -96,8 +131,11 @@ impl App {
             // Held across apply and publish: two events of one job applied
             // concurrently on this instance go out in seq order.
             let _guard = app.job_locks.lock(job).await;
-            let update = app.store.apply_event(job, event, expected_seq).await?;
-            app.fanout.publish(&app.hub, &update).await;
+            let started = std::time::Instant::now();
+            let applied = app.store.apply_event(job, event, expected_seq).await;
+            app.metrics.query("apply_event", started.elapsed());
+            let update = applied?;
+            app.fanout.publish(&app.hub, &app.metrics, &update).await;
             Ok(update)
         });
         match task.await {
@@ -140,7 +178,8 @@ pub async fn run(
     // Background tasks run until the server has stopped.
     let tasks = CancellationToken::new();
     let mut background = Vec::new();
-    let hub = Arc::new(Hub::default());
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::new(metrics.clone()));
     let publisher = match config.redis_url() {
         None => None,
         Some(url) => {
@@ -156,13 +195,14 @@ pub async fn run(
         None => Fanout::Local,
         Some((_, _, publisher)) => Fanout::Redis(RedisFanout::new(publisher.clone())),
     });
-    let leads = Arc::new(Leads::new(store.clone(), fanout.clone()));
+    let leads = Arc::new(Leads::new(store.clone(), fanout.clone(), metrics.clone()));
     match publisher {
         Some((url, channels, _)) => {
             let handler = Arc::new(RedisHandler {
                 hub: hub.clone(),
                 fanout: fanout.clone(),
                 leads: leads.clone(),
+                metrics: metrics.clone(),
             });
             background.push(tokio::spawn(leadgate_bus::run_subscription(
                 url,
@@ -186,12 +226,15 @@ pub async fn run(
     background.push(tokio::spawn(fanout::run_refresher(
         hub.clone(),
         store.clone(),
+        metrics.clone(),
         tasks.clone(),
     )));
     background.push(tokio::spawn(leads.clone().run_pusher(tasks.clone())));
 
     let app = App(Arc::new(AppInner {
         store: store.clone(),
+        metrics,
+        io: std::sync::OnceLock::new(),
         hub,
         fanout,
         leads,
@@ -214,6 +257,7 @@ pub async fn run(
         .ws_max_frame_size(config.max_payload)
         .max_buffer_size(config.socket_buffer)
         .build_layer();
+    let _ = app.io.set(io.clone());
     io.ns("/", jobs::on_connect.with(jobs::authenticate));
     io.ns(
         "/leads",

@@ -8,7 +8,7 @@
 //! ticket before it acts.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use socketioxide::adapter::Adapter;
@@ -23,6 +23,8 @@ use crate::auth::Principal;
 pub struct Session {
     pub principal: Principal,
     jobs: Mutex<HashSet<Uuid>>,
+    /// Set by the disconnect handler before it ends the subscriptions.
+    closed: AtomicBool,
 }
 
 impl Session {
@@ -30,6 +32,7 @@ impl Session {
         Arc::new(Session {
             principal,
             jobs: Mutex::default(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -53,9 +56,18 @@ impl Session {
         self.jobs().remove(job);
     }
 
-    /// Removes and returns every subscription, for disconnect.
-    pub fn take_jobs(&self) -> Vec<Uuid> {
+    /// Marks the session closed, then removes and returns every
+    /// subscription, for disconnect.
+    pub fn close(&self) -> Vec<Uuid> {
+        self.closed.store(true, Ordering::SeqCst);
         self.jobs().drain().collect()
+    }
+
+    /// Whether the disconnect handler ran. (Not the socket's own
+    /// `connected()`, which is still false for a moment after the client was
+    /// told it is connected.)
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 }
 

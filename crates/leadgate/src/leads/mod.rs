@@ -35,6 +35,7 @@ use tracing::{debug, error, warn};
 
 use crate::auth::Principal;
 use crate::fanout::Fanout;
+use crate::metrics::Metrics;
 
 /// How long the pusher waits after a change for more changes, so that a
 /// burst of crawler updates costs one round of queries.
@@ -79,11 +80,13 @@ pub enum Sink {
 impl Sink {
     /// Sends without waiting; a client whose queue is full misses this
     /// frame (it is a page it will be sent again at the next change).
-    fn push(&self, frame: &Frame) -> bool {
-        match self {
+    fn push(&self, frame: &Frame, metrics: &Metrics) -> bool {
+        let sent = match self {
             Sink::Socket(socket) => socket.emit(frame.kind, &*frame.json).is_ok(),
             Sink::WebSocket(tx) => tx.try_send(frame.clone()).is_ok(),
-        }
+        };
+        metrics.message(frame.kind, sent);
+        sent
     }
 }
 
@@ -120,6 +123,7 @@ impl Changes {
 pub struct Leads {
     store: Store,
     fanout: Arc<Fanout>,
+    metrics: Arc<Metrics>,
     clients: Mutex<HashMap<u64, Client>>,
     next_client: AtomicU64,
     cache: Mutex<HashMap<LeadsQuery, PageCell>>,
@@ -132,10 +136,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Leads {
-    pub fn new(store: Store, fanout: Arc<Fanout>) -> Self {
+    pub fn new(store: Store, fanout: Arc<Fanout>, metrics: Arc<Metrics>) -> Self {
         Leads {
             store,
             fanout,
+            metrics,
             clients: Mutex::default(),
             next_client: AtomicU64::new(1),
             cache: Mutex::default(),
@@ -166,6 +171,15 @@ impl Leads {
 
     pub fn unregister(&self, id: u64) {
         lock(&self.clients).remove(&id);
+    }
+
+    /// Clients on the plain WebSocket (those on `/leads` are counted with
+    /// the Socket.IO sockets).
+    pub fn websocket_clients(&self) -> usize {
+        lock(&self.clients)
+            .values()
+            .filter(|c| matches!(c.sink, Sink::WebSocket(_)))
+            .count()
     }
 
     /// `leads_init` for the client's current page.
@@ -353,7 +367,7 @@ impl Leads {
                             let Some(client) = clients.get(&id).filter(|c| c.query == query) else {
                                 continue;
                             };
-                            if !client.sink.push(&page.updated) {
+                            if !client.sink.push(&page.updated, &this.metrics) {
                                 warn!(
                                     client = id,
                                     "Dropped leads_updated for a client that is not reading."

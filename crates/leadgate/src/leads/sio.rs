@@ -73,7 +73,7 @@ pub async fn on_connect(socket: SocketRef, State(app): State<App>) {
         .take();
     if let Some(mut turn) = turn {
         turn.wait().await;
-        send(&socket, &app.leads.current_page(client.id).await);
+        send(&app, &socket, &app.leads.current_page(client.id).await);
     }
 }
 
@@ -102,7 +102,7 @@ async fn on_event(
             Frame::error(e.0)
         }
     };
-    send(&socket, &frame);
+    send(&app, &socket, &frame);
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<App>) {
@@ -112,8 +112,10 @@ async fn on_disconnect(socket: SocketRef, State(app): State<App>) {
     }
 }
 
-fn send(socket: &SocketRef, frame: &Frame) {
-    if let Err(e) = socket.emit(frame.kind, &*frame.json) {
+fn send(app: &App, socket: &SocketRef, frame: &Frame) {
+    let result = socket.emit(frame.kind, &*frame.json);
+    app.metrics.message(frame.kind, result.is_ok());
+    if let Err(e) = result {
         tracing::warn!(sid = %socket.id, error = %e, "Dropped a leads message for a socket.");
     }
 }

@@ -69,13 +69,17 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
     // (the reader below finished and the client was unregistered) or the
     // peer stops accepting frames.
     let stopping = app.stopping.clone();
+    let metrics = app.metrics.clone();
     let writer = tokio::spawn(async move {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         loop {
             let message = tokio::select! {
                 frame = rx.recv() => match frame {
-                    Some(frame) => Message::Text(frame.text),
+                    Some(frame) => {
+                        metrics.message(frame.kind, true);
+                        Message::Text(frame.text)
+                    }
                     None => break,
                 },
                 _ = ping.tick() => Message::Ping(Default::default()),
