@@ -7,9 +7,16 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// Gateway configuration. Every option is a flag and an environment variable.
+/// Gateway configuration. Every option is a flag, an environment variable
+/// and a key of the optional TOML file.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    /// A TOML file of options, keyed by their flag names with `_` for `-`
+    /// (`listen = "0.0.0.0:3000"`, `api_keys = ["…"]`). A flag beats an
+    /// environment variable, which beats the file, which beats the default.
+    #[arg(long, env = "LEADGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     /// HTTP + Socket.IO listen address.
     #[arg(
         long,
@@ -229,5 +236,152 @@ impl FromStr for Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// Parses the command line of `T`, taking options that neither a flag nor
+/// an environment variable set from the TOML file named by `--config` or
+/// `LEADGATE_CONFIG`.
+pub fn parse_with_file<T: clap::Parser>(args: Vec<std::ffi::OsString>) -> Result<T, clap::Error> {
+    use clap::parser::ValueSource;
+
+    let command = T::command();
+    let matches = command.clone().try_get_matches_from(&args)?;
+    let Some(path) = matches.get_one::<PathBuf>("config").cloned() else {
+        return T::try_parse_from(args);
+    };
+    let error = |message: String| {
+        let mut command = T::command();
+        command.error(clap::error::ErrorKind::InvalidValue, message)
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        error(format!(
+            "LEADGATE_CONFIG: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| error(format!("{}: not valid TOML: {e}", path.display())))?;
+    // Whether the command line or the environment already set an option,
+    // at the top level or after the subcommand (options are global).
+    let set_elsewhere = |id: &str| {
+        let explicit = |source: Option<ValueSource>| {
+            matches!(
+                source,
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        explicit(matches.value_source(id))
+            || matches.subcommand().is_some_and(|(_, sub)| {
+                explicit(sub.try_get_raw(id).ok().and(sub.value_source(id)))
+            })
+    };
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in table {
+        let known = command
+            .get_arguments()
+            .find(|a| a.get_id() == key.as_str() && a.get_long().is_some() && key != "config");
+        let Some(arg) = known else {
+            return Err(error(format!("{}: unknown option `{key}`", path.display())));
+        };
+        if set_elsewhere(&key) {
+            continue;
+        }
+        let scalar = |value: &toml::Value| match value {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(n) => Some(n.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        };
+        let text = match &value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.join(",")),
+            other => scalar(other),
+        };
+        let Some(text) = text else {
+            return Err(error(format!(
+                "{}: option `{key}` must be a string, number, boolean or list of them",
+                path.display()
+            )));
+        };
+        extra.push(format!("--{}", arg.get_long().unwrap_or(&key)).into());
+        extra.push(text.into());
+    }
+    // After the program name, before any subcommand: the options are global.
+    let mut merged = args;
+    let at = merged.len().min(1);
+    merged.splice(at..at, extra);
+    T::try_parse_from(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(file: &str, args: &[&str]) -> Result<Config, String> {
+        let path =
+            std::env::temp_dir().join(format!("leadgate-config-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<std::ffi::OsString> =
+            vec!["leadgate".into(), "--config".into(), path.clone().into()];
+        argv.extend(args.iter().map(Into::into));
+        let result = parse_with_file::<Cli>(argv)
+            .map(|c| c.config)
+            .map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(path);
+        result
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_leave_out() {
+        let file =
+            "listen = \"127.0.0.1:4000\"\napi_keys = [\"one\", \"two\"]\nmax_subscriptions = 7\n";
+        let config = parse(file, &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(
+            config.api_keys,
+            vec![Secret::new("one"), Secret::new("two")]
+        );
+        assert_eq!(config.max_subscriptions, 7);
+        // A flag wins over the file.
+        let config = parse(file, &["--listen", "127.0.0.1:5000"]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(config.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn a_bad_file_names_the_problem() {
+        assert!(
+            parse("colour = 1\n", &[])
+                .unwrap_err()
+                .contains("unknown option `colour`")
+        );
+        assert!(
+            parse("listen = [[1]]\n", &[])
+                .unwrap_err()
+                .contains("must be a string")
+        );
+        assert!(
+            parse("listen = \n", &[])
+                .unwrap_err()
+                .contains("not valid TOML")
+        );
+        assert!(
+            parse("listen = \"nope\"\n", &[])
+                .unwrap_err()
+                .contains("--listen")
+        );
     }
 }

@@ -28,6 +28,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Check the configuration (options, key files, credentials) without
+    /// starting; prints what would be used.
+    CheckConfig,
     /// Print a token signed with the configured (or development) HS256 secret.
     Token {
         /// The user id (`sub` claim).
@@ -117,7 +120,18 @@ fn parse_ttl(s: &str) -> Result<i64, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match leadgate::config::parse_with_file(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line that names the option, not clap's usage block.
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("leadgate: invalid configuration: {first}");
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     if let Err(message) = cli.config.validate() {
         eprintln!("leadgate: invalid configuration: {message}");
         return ExitCode::from(2);
@@ -126,6 +140,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => migrate(cli.config).await,
+        Command::CheckConfig => check_config(&cli.config),
         Command::Token { sub, admin, ttl } => token(&cli.config, &sub, admin, ttl),
         Command::Job { action } => job(&cli.config, action).await,
         Command::Leads { action } => leads(&cli.config, action).await,
@@ -163,6 +178,36 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     store.migrate().await?;
     info!(backend = store.backend(), "Migrations applied.");
     store.close().await?;
+    Ok(())
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let credentials = Credentials::resolve(config)?;
+    let verifier = leadgate::auth::Verifier::new(&credentials.jwt, config.jwt_leeway)?;
+    println!("Configuration OK.");
+    println!("  listen:        {}", config.listen);
+    println!(
+        "  database:      {}",
+        leadgate::redact_url(&config.database_url)
+    );
+    match config.redis_url() {
+        Some(url) => println!(
+            "  redis:         {} (prefix {})",
+            leadgate::redact_url(url),
+            config.redis_prefix
+        ),
+        None => println!("  redis:         none (one instance)"),
+    }
+    let tokens = match (&credentials.jwt, &credentials.dev_file) {
+        (_, Some(file)) => format!("development secret in {}", file.display()),
+        (JwtKey::Secret(_), None) => "LEADGATE_JWT_SECRET".to_owned(),
+        (JwtKey::PublicKeyPem { path, .. }, None) => format!("public key {}", path.display()),
+    };
+    println!("  tokens:        {:?}, {tokens}", verifier.algorithm());
+    println!("  worker keys:   {}", credentials.api_keys.len());
+    if let Some(file) = &config.config {
+        println!("  config file:   {}", file.display());
+    }
     Ok(())
 }
 
