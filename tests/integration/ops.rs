@@ -118,3 +118,131 @@ async fn metrics_are_served_and_move(backend: Backend) {
     assert_eq!(gauge, 1.0);
     gw.shutdown().await;
 }
+
+/// A client that stops reading misses updates but is not allowed to hold
+/// anything up: the others get every update, it is sent a fresh
+/// `job-status` once it reads again, and one that stays behind is
+/// disconnected and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_resynced_then_evicted() {
+    let db = leadgate_tests::TestDb::new(Backend::Sqlite).await;
+    let gw = Gateway::start_on(db, &["--socket-buffer", "16", "--slow-client-grace", "2"]).await;
+    let job = gw.create_job("alice").await;
+    let mut good = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    let mut slow = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    for s in [&mut good, &mut slow] {
+        s.emit_ack("subscribe-job", json!(job)).await;
+        s.expect("job-status").await;
+    }
+    // Big messages, so the kernel's socket buffers fill quickly too.
+    let line = "x".repeat(16 * 1024);
+    const N: i64 = 300;
+    let reader = tokio::spawn(async move {
+        for expected in 1..=N {
+            let update = good.expect("job-update").await;
+            assert_eq!(update["seq"], expected);
+        }
+        good
+    });
+    for _ in 0..N {
+        let event = json!({ "type": "log", "log": { "level": "info", "message": line } });
+        assert_eq!(gw.post_event(job, event).await.0, 202);
+    }
+    let mut good = reader.await.unwrap();
+    let metrics = scrape(&gw).await;
+    assert!(
+        sample(
+            &metrics,
+            r#"leadgate_messages_dropped_total{event="job-update"}"#
+        ) >= 1.0
+    );
+
+    // Past the grace period the slow client is disconnected.
+    let mut evicted = 0.0;
+    for _ in 0..100 {
+        evicted = sample(
+            &scrape(&gw).await,
+            "leadgate_slow_clients_disconnected_total",
+        );
+        if evicted >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(evicted, 1.0);
+    // It was told why, after what it had been sent, and then the connection
+    // ended (or Engine.IO closed it); it never got an update out of order.
+    let mut last = 0;
+    let mut told = false;
+    while let Some((event, data)) = slow.next_event(std::time::Duration::from_secs(5)).await {
+        match event.as_str() {
+            "job-update" => {
+                let seq = data["seq"].as_i64().unwrap();
+                assert_eq!(seq, last + 1, "updates stay in order");
+                last = seq;
+            }
+            "job-status" => last = data["seq"].as_i64().unwrap(),
+            "error" => told = true,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(told, "the slow client was told why it was disconnected");
+    assert!(last < N, "the slow client missed updates");
+    // The good client is unaffected and still served.
+    gw.post_event(
+        job,
+        json!({ "type": "progress", "progress": 100, "processedLeads": 1, "totalLeads": 1 }),
+    )
+    .await;
+    assert_eq!(good.expect("job-update").await["seq"], N + 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_behind_catches_up_with_a_fresh_status() {
+    let db = leadgate_tests::TestDb::new(Backend::Sqlite).await;
+    let gw = Gateway::start_on(db, &["--socket-buffer", "16"]).await;
+    let job = gw.create_job("alice").await;
+    let mut slow = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    slow.emit_ack("subscribe-job", json!(job)).await;
+    slow.expect("job-status").await;
+    let line = "y".repeat(16 * 1024);
+    const N: i64 = 300;
+    for _ in 0..N {
+        let event = json!({ "type": "log", "log": { "level": "info", "message": line } });
+        assert_eq!(gw.post_event(job, event).await.0, 202);
+    }
+    // Now it reads: what it got is in order, and a job-status brings it to
+    // the job's state in place of what it missed.
+    let mut last = 0;
+    let mut statuses = 0;
+    while last < N {
+        let Some((event, data)) = slow.next_event(std::time::Duration::from_secs(10)).await else {
+            panic!("stuck at seq {last}");
+        };
+        let seq = data["seq"].as_i64().unwrap();
+        match event.as_str() {
+            "job-update" => assert_eq!(seq, last + 1, "updates stay in order"),
+            "job-status" => {
+                assert!(seq > last);
+                statuses += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+        last = seq;
+    }
+    assert!(statuses >= 1, "it caught up through a job-status");
+    let metrics = scrape(&gw).await;
+    assert_eq!(
+        sample(&metrics, "leadgate_slow_clients_disconnected_total"),
+        0.0
+    );
+    // And it is live again.
+    gw.post_event(
+        job,
+        json!({ "type": "progress", "progress": 1, "processedLeads": 1, "totalLeads": 1 }),
+    )
+    .await;
+    assert_eq!(slow.expect("job-update").await["seq"], N + 1);
+    gw.shutdown().await;
+}

@@ -126,6 +126,17 @@ pub struct Config {
     )]
     pub socket_buffer: usize,
 
+    /// Seconds a client may fail to take its messages before it is
+    /// disconnected. Until then it misses messages and is sent a fresh
+    /// `job-status` as soon as it can take one.
+    #[arg(
+        long,
+        env = "LEADGATE_SLOW_CLIENT_GRACE",
+        default_value_t = 30,
+        global = true
+    )]
+    pub slow_client_grace: u64,
+
     /// Jobs one connection may be subscribed to at once.
     #[arg(
         long,

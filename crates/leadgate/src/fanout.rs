@@ -259,6 +259,43 @@ pub async fn run_resync_sender(fanout: Arc<Fanout>, cancel: CancellationToken) {
     }
 }
 
+/// Once a second, looks after sockets that could not take their messages
+/// (see `Hub::sweep`): those lagging for longer than `grace` are told why and
+/// disconnected, until `cancel`.
+pub async fn run_sweeper(
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
+    // Sockets being evicted, and whether they were told why: the message
+    // and the disconnect go out as soon as they fit in the socket's queue.
+    let mut evicting: Vec<(socketioxide::extract::SocketRef, bool)> = Vec::new();
+    let why = leadgate_protocol::ClientError {
+        message: "disconnected: too slow to keep up with updates".into(),
+    };
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        for socket in hub.sweep(grace) {
+            warn!(sid = %socket.id, grace_secs = grace.as_secs(), "Disconnecting a client that has not taken its messages.");
+            metrics.slow_clients.inc();
+            evicting.push((socket, false));
+        }
+        // One that reads nothing at all is closed by the Engine.IO heartbeat
+        // meanwhile.
+        evicting.retain_mut(|(socket, told)| {
+            if !socket.connected() {
+                return false;
+            }
+            *told = *told || socket.emit("error", &why).is_ok();
+            !(*told && socket.clone().disconnect().is_ok())
+        });
+    }
+}
+
 /// Reads the snapshots of jobs queued for a refresh and hands them to the
 /// hub, until `cancel`.
 pub async fn run_refresher(

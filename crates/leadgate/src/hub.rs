@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use leadgate_protocol::{JobStatus, JobUpdate};
 use socketioxide::extract::SocketRef;
@@ -67,6 +68,13 @@ enum State {
     },
     Active {
         last_seq: i64,
+    },
+    /// The socket's queue was full and a message was dropped: nothing more
+    /// is sent until a fresh `job-status` fits (see [`Hub::sweep`]).
+    Lagging {
+        since: Instant,
+        /// The seq of the last message the socket did get (-1: none).
+        last_sent: i64,
     },
 }
 
@@ -153,7 +161,7 @@ impl Hub {
             return Activation::Gone;
         };
         match &mut sub.state {
-            State::Active { .. } => Activation::Sent,
+            State::Active { .. } | State::Lagging { .. } => Activation::Sent,
             State::Pending {
                 overflowed: true, ..
             } => {
@@ -197,10 +205,26 @@ impl Hub {
                 }
                 State::Pending { .. } => send_snapshot(&self.metrics, sub, status),
                 State::Active { last_seq } if status.seq > *last_seq => {
+                    let before = *last_seq;
                     *last_seq = status.seq;
-                    send(&self.metrics, &sub.socket, "job-status", status, job);
+                    if !send(&self.metrics, &sub.socket, "job-status", status, job) {
+                        sub.state = lagging(before);
+                    }
                 }
                 State::Active { .. } => {}
+                // The missed updates coalesce into this one snapshot.
+                State::Lagging { last_sent, .. } if status.seq > *last_sent => {
+                    if send(&self.metrics, &sub.socket, "job-status", status, job) {
+                        sub.state = State::Active {
+                            last_seq: status.seq,
+                        };
+                    }
+                }
+                State::Lagging { last_sent, .. } => {
+                    sub.state = State::Active {
+                        last_seq: *last_sent,
+                    }
+                }
             }
         }
         if again {
@@ -241,6 +265,7 @@ impl Hub {
                     }
                 }
                 State::Active { last_seq } if update.seq == *last_seq + 1 => {
+                    let before = *last_seq;
                     *last_seq = update.seq;
                     if send(
                         &self.metrics,
@@ -250,6 +275,8 @@ impl Hub {
                         update.job_id,
                     ) {
                         sent += 1;
+                    } else {
+                        sub.state = lagging(before);
                     }
                 }
                 State::Active { last_seq } if update.seq > *last_seq + 1 => {
@@ -262,7 +289,7 @@ impl Hub {
                     };
                     gap = true;
                 }
-                State::Active { .. } => {}
+                State::Active { .. } | State::Lagging { .. } => {}
             }
         }
         if gap {
@@ -297,6 +324,38 @@ impl Hub {
         }
     }
 
+    /// Looks after sockets that could not take a message: their jobs are
+    /// queued for a refresh, which sends a fresh `job-status` once it fits;
+    /// a socket lagging for longer than `grace` loses its subscriptions and
+    /// is returned, to be disconnected.
+    pub fn sweep(&self, grace: Duration) -> Vec<SocketRef> {
+        let mut evicted: Vec<SocketRef> = Vec::new();
+        let mut jobs = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (job, subs) in shard.iter_mut() {
+                subs.retain(|sub| match sub.state {
+                    State::Lagging { since, .. } if since.elapsed() > grace => {
+                        if !evicted.iter().any(|s| s.id == sub.socket.id) {
+                            evicted.push(sub.socket.clone());
+                        }
+                        false
+                    }
+                    State::Lagging { .. } => {
+                        jobs.push(*job);
+                        true
+                    }
+                    _ => true,
+                });
+            }
+            shard.retain(|_, subs| !subs.is_empty());
+        }
+        for job in jobs {
+            self.refresh.push(job);
+        }
+        evicted
+    }
+
     /// Waits until jobs are queued for a refresh and takes them.
     pub async fn next_refreshes(&self) -> Vec<Uuid> {
         self.refresh.take().await
@@ -318,14 +377,20 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
     buffered.sort_by_key(|u| u.seq);
     let mut last_seq = match *last_sent {
         Some(sent) if sent >= status.seq => sent,
-        _ => {
-            send(metrics, &sub.socket, "job-status", status, status.job_id);
+        previous => {
+            if !send(metrics, &sub.socket, "job-status", status, status.job_id) {
+                sub.state = lagging(previous.unwrap_or(-1));
+                return;
+            }
             status.seq
         }
     };
     for update in buffered {
         if update.seq == last_seq + 1 {
-            send(metrics, &sub.socket, "job-update", &update, update.job_id);
+            if !send(metrics, &sub.socket, "job-update", &update, update.job_id) {
+                sub.state = lagging(last_seq);
+                return;
+            }
             last_seq = update.seq;
         } else if update.seq > last_seq + 1 {
             tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
@@ -333,6 +398,13 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
         }
     }
     sub.state = State::Active { last_seq };
+}
+
+fn lagging(last_sent: i64) -> State {
+    State::Lagging {
+        since: Instant::now(),
+        last_sent,
+    }
 }
 
 /// Jobs waiting for a refresh. A set, so it is bounded by the number of jobs
@@ -381,8 +453,8 @@ fn send<T: serde::Serialize>(
         Ok(()) => true,
         Err(e) => {
             // The socket's queue is full or it is closing; the packet is
-            // lost for this socket only. It reads the current state again
-            // when it re-subscribes.
+            // lost for this socket only. A full socket is marked lagging by
+            // the caller and gets a fresh job-status once it can take one.
             tracing::warn!(sid = %socket.id, job = %job, event, error = %e, "Dropped a message for a socket.");
             false
         }

@@ -75,6 +75,7 @@ pub struct AppInner {
 pub struct Limits {
     pub max_subscriptions: usize,
     pub max_payload: usize,
+    pub slow_client_grace: Duration,
 }
 
 impl Deref for App {
@@ -230,6 +231,12 @@ pub async fn run(
         tasks.clone(),
     )));
     background.push(tokio::spawn(leads.clone().run_pusher(tasks.clone())));
+    background.push(tokio::spawn(fanout::run_sweeper(
+        hub.clone(),
+        metrics.clone(),
+        Duration::from_secs(config.slow_client_grace),
+        tasks.clone(),
+    )));
 
     let app = App(Arc::new(AppInner {
         store: store.clone(),
@@ -244,6 +251,7 @@ pub async fn run(
         limits: Limits {
             max_subscriptions: config.max_subscriptions,
             max_payload: config.max_payload,
+            slow_client_grace: Duration::from_secs(config.slow_client_grace),
         },
         draining: AtomicBool::new(false),
         stopping: CancellationToken::new(),

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub messages_sent: Family<EventLabels, Counter>,
     pub messages_dropped: Family<EventLabels, Counter>,
     pub redis_up: Gauge,
+    pub slow_clients: Counter,
     pub db_query_seconds: HistogramFamily<QueryLabels>,
     pub delivery_seconds: Histogram,
     /// When this instance published events it applied, by job and seq, until
@@ -100,6 +101,12 @@ impl Default for Metrics {
             "Messages dropped because a client's queue was full, by event",
             messages_dropped.clone(),
         );
+        let slow_clients = Counter::default();
+        registry.register(
+            "slow_clients_disconnected",
+            "Clients disconnected for not taking their messages for longer than the slow-client grace period",
+            slow_clients.clone(),
+        );
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
@@ -127,6 +134,7 @@ impl Default for Metrics {
             messages_sent,
             messages_dropped,
             redis_up,
+            slow_clients,
             db_query_seconds,
             delivery_seconds,
             published: Mutex::default(),

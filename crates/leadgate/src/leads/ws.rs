@@ -70,7 +70,12 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
     // peer stops accepting frames.
     let stopping = app.stopping.clone();
     let metrics = app.metrics.clone();
+    let grace = app.limits.slow_client_grace;
+    // Cancelled when the writer gives up, so the reader stops too.
+    let writer_gone = tokio_util::sync::CancellationToken::new();
+    let writer_done = writer_gone.clone();
     let writer = tokio::spawn(async move {
+        let _done = writer_done.drop_guard();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         loop {
@@ -84,8 +89,20 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
                 },
                 _ = ping.tick() => Message::Ping(Default::default()),
             };
-            if outgoing.send(message).await.is_err() {
-                break;
+            // A peer that takes nothing for the grace period is dropped;
+            // meanwhile pushes to it are dropped at the queue.
+            match tokio::time::timeout(grace, outgoing.send(message)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    warn!(
+                        path = "/ws/leads/",
+                        grace_secs = grace.as_secs(),
+                        "Disconnecting a client that has not taken its messages."
+                    );
+                    metrics.slow_clients.inc();
+                    break;
+                }
             }
         }
         if stopping.is_cancelled() {
@@ -102,6 +119,7 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
         loop {
             let message = tokio::select! {
                 () = app.stopping.cancelled() => break,
+                () = writer_gone.cancelled() => break,
                 message = incoming.next() => match message {
                     Some(Ok(message)) => message,
                     _ => break,
