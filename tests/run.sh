@@ -5,10 +5,13 @@
 #      socket.io-client over WebSocket and long-polling, on SQLite, then on
 #      PostgreSQL;
 #   3. the cluster tests: several gateway processes behind a load balancer,
-#      fanned out through Redis, fed by the example workers.
+#      fanned out through Redis, fed by the example workers;
+#   4. the browser tests: the examples (React, Vue, leads page) built with
+#      Vite and driven in headless Chromium against the gateway binary.
 # Needs: Rust, Node.js 20+ with npm, Python 3 with venv, PostgreSQL on
 # 127.0.0.1:5432 (or LEADGATE_TEST_POSTGRES_URL), Redis on 127.0.0.1:6379 (or
-# LEADGATE_TEST_REDIS_URL) and redis-server on the PATH. Nothing is skipped
+# LEADGATE_TEST_REDIS_URL), redis-server on the PATH and Chromium at
+# /usr/bin/chromium (or LEADGATE_TEST_CHROMIUM). Nothing is skipped
 # when a service is missing: the run fails and says how to start it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +26,8 @@ need python3 "install Python 3"
 need redis-server "install Redis (apt-get install redis-server)"
 need sqlite3 "install the SQLite shell (apt-get install sqlite3)"
 need psql "install the PostgreSQL client (apt-get install postgresql-client)"
+chromium=${LEADGATE_TEST_CHROMIUM:-/usr/bin/chromium}
+[ -x "$chromium" ] || { echo "tests/run.sh: Chromium is missing at $chromium: install it (apt-get install chromium) or set LEADGATE_TEST_CHROMIUM" >&2; exit 1; }
 
 reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -68,3 +73,12 @@ done
 
 echo "==> cluster tests: gateway processes behind a load balancer, Redis fan-out (PostgreSQL)"
 node --test --test-concurrency=1 tests/e2e/cluster/
+
+echo "==> npm ci (examples/react-app, examples/vue-app, examples/leads-page, tests/browser)"
+for dir in examples/react-app examples/vue-app examples/leads-page tests/browser; do
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+done
+for backend in sqlite postgres; do
+  echo "==> browser tests: the examples in headless Chromium ($backend)"
+  LEADGATE_TEST_BACKEND=$backend node --test --test-concurrency=3 tests/browser/
+done
