@@ -121,7 +121,7 @@ pub struct Config {
     #[arg(
         long,
         env = "LEADGATE_SOCKET_BUFFER",
-        default_value_t = 256,
+        default_value_t = 64,
         global = true
     )]
     pub socket_buffer: usize,

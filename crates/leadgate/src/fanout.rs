@@ -284,8 +284,7 @@ pub async fn run_sweeper(
             metrics.slow_clients.inc();
             evicting.push((socket, false));
         }
-        // One that reads nothing at all is closed by the Engine.IO heartbeat
-        // meanwhile.
+        // A socket that went away meanwhile is forgotten.
         evicting.retain_mut(|(socket, told)| {
             if !socket.connected() {
                 return false;

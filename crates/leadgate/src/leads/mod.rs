@@ -196,6 +196,7 @@ impl Leads {
 
     /// Answers one request of a client.
     pub async fn handle(&self, id: u64, user: &Principal, request: LeadsRequest) -> Frame {
+        debug!(client = id, user = %user.sub, request = ?request, "Leads request.");
         match &request {
             LeadsRequest::GetLeads { .. } => {
                 let next = {
