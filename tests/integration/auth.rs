@@ -5,7 +5,11 @@ use leadgate_tests::sio::Connect;
 use leadgate_tests::{Backend, Gateway, SioClient};
 use serde_json::json;
 
-on_every_backend!(token_sources_in_contract_order, refusals_say_what_is_wrong);
+on_every_backend!(
+    token_sources_in_contract_order,
+    refusals_say_what_is_wrong,
+    pages_of_foreign_origins_are_refused,
+);
 
 async fn token_sources_in_contract_order(backend: Backend) {
     let gw = Gateway::start(backend).await;
@@ -91,5 +95,41 @@ async fn refusals_say_what_is_wrong(backend: Backend) {
         .await
         .close()
         .await;
+    gw.shutdown().await;
+}
+
+async fn pages_of_foreign_origins_are_refused(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    let token = gw.token("alice");
+    let with_origin = |origin: String| Connect {
+        auth: Some(json!({ "token": token })),
+        headers: vec![("origin", origin)],
+        ..Connect::default()
+    };
+    // Another site's page, even with a valid token (say from a cookie).
+    let refused = SioClient::try_connect(gw.addr, with_origin("http://evil.example".into())).await;
+    assert_eq!(refused.err().as_deref(), Some("origin not allowed"));
+    // The gateway's own origin, and clients that are not browsers.
+    let own = format!("http://{}", gw.addr);
+    SioClient::try_connect(gw.addr, with_origin(own))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    SioClient::connect(gw.addr, &token).await.close().await;
+
+    let url = format!("ws://{}/ws/leads/?token={token}", gw.addr);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403)
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
     gw.shutdown().await;
 }

@@ -40,6 +40,10 @@ struct Claims {
     exp: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    aud: Option<String>,
 }
 
 /// Why a connection was refused; the `Display` text reaches the client as
@@ -53,6 +57,9 @@ pub enum AuthError {
     BadSignature,
     AlgorithmNotAllowed,
     BadClaims,
+    WrongIssuer,
+    WrongAudience,
+    OriginNotAllowed,
 }
 
 impl fmt::Display for AuthError {
@@ -65,6 +72,9 @@ impl fmt::Display for AuthError {
             AuthError::BadSignature => "invalid token: bad signature",
             AuthError::AlgorithmNotAllowed => "invalid token: algorithm not allowed",
             AuthError::BadClaims => "invalid token: claims must include sub and exp",
+            AuthError::WrongIssuer => "invalid token: wrong issuer",
+            AuthError::WrongAudience => "invalid token: wrong audience",
+            AuthError::OriginNotAllowed => "origin not allowed",
         })
     }
 }
@@ -87,29 +97,85 @@ impl fmt::Debug for Verifier {
 
 impl Verifier {
     pub fn new(key: &JwtKey, leeway_secs: u64) -> anyhow::Result<Self> {
-        let (key, algorithm) = match key {
+        Self::with_rules(
+            key,
+            &TokenRules {
+                leeway_secs,
+                ..TokenRules::default()
+            },
+        )
+    }
+
+    /// A verifier for `key` with the configured algorithm, leeway, issuer
+    /// and audience.
+    pub fn with_rules(key: &JwtKey, rules: &TokenRules) -> anyhow::Result<Self> {
+        let (key, family, default) = match key {
             JwtKey::Secret(secret) => (
                 DecodingKey::from_secret(secret.expose().as_bytes()),
+                "HS",
                 Algorithm::HS256,
             ),
             JwtKey::PublicKeyPem { path, pem } => {
                 if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-                    (key, Algorithm::RS256)
+                    (key, "RS", Algorithm::RS256)
                 } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-                    (key, Algorithm::ES256)
+                    (key, "ES", Algorithm::ES256)
                 } else {
                     anyhow::bail!(
-                        "LEADGATE_JWT_PUBLIC_KEY: {} is not a PEM RSA or P-256 public key",
+                        "LEADGATE_JWT_PUBLIC_KEY: {} is not a PEM RSA or EC public key",
                         path.display()
                     );
                 }
             }
         };
+        let algorithm = match rules.algorithm.as_deref() {
+            None => default,
+            Some(name) => {
+                let algorithm: Algorithm = name.parse().map_err(|_| {
+                    anyhow::anyhow!("LEADGATE_JWT_ALGORITHM: unknown algorithm {name:?}")
+                })?;
+                // The key decides the family: an HS token can never be
+                // checked against a public key (algorithm confusion).
+                let fits = match family {
+                    "HS" => matches!(
+                        algorithm,
+                        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+                    ),
+                    "RS" => matches!(
+                        algorithm,
+                        Algorithm::RS256
+                            | Algorithm::RS384
+                            | Algorithm::RS512
+                            | Algorithm::PS256
+                            | Algorithm::PS384
+                            | Algorithm::PS512
+                    ),
+                    _ => matches!(algorithm, Algorithm::ES256 | Algorithm::ES384),
+                };
+                anyhow::ensure!(
+                    fits,
+                    "LEADGATE_JWT_ALGORITHM: {name} does not fit the configured {} key",
+                    if family == "HS" { "secret" } else { "public" }
+                );
+                algorithm
+            }
+        };
         let mut validation = Validation::new(algorithm);
-        validation.leeway = leeway_secs;
+        validation.leeway = rules.leeway_secs;
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        match &rules.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         Ok(Verifier { key, validation })
     }
 
@@ -131,6 +197,8 @@ impl Verifier {
                 ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                     AuthError::AlgorithmNotAllowed
                 }
+                ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 ErrorKind::MissingRequiredClaim(_)
                 | ErrorKind::InvalidClaimFormat(_)
                 | ErrorKind::Json(_) => AuthError::BadClaims,
@@ -148,8 +216,37 @@ impl Verifier {
     }
 }
 
-/// Mints an HS256 token, for `leadgate token` and tests.
+/// What a token must satisfy besides its signature.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRules {
+    /// `HS256`, `RS384`, …; by default HS256 for a secret, RS256 or ES256 for
+    /// a public key.
+    pub algorithm: Option<String>,
+    pub leeway_secs: u64,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// Mints an HS256 token, for tests.
 pub fn mint(secret: &str, sub: &str, admin: bool, ttl_secs: i64) -> anyhow::Result<String> {
+    mint_with(secret, &TokenRules::default(), sub, admin, ttl_secs)
+}
+
+/// Mints a token that satisfies `rules` (an HS algorithm, issuer,
+/// audience), for `leadgate token`.
+pub fn mint_with(
+    secret: &str,
+    rules: &TokenRules,
+    sub: &str,
+    admin: bool,
+    ttl_secs: i64,
+) -> anyhow::Result<String> {
+    let algorithm = match rules.algorithm.as_deref() {
+        None => Algorithm::HS256,
+        Some(name) => name
+            .parse()
+            .map_err(|_| anyhow::anyhow!("unknown algorithm {name:?}"))?,
+    };
     let claims = Claims {
         sub: sub.to_owned(),
         exp: chrono::Utc::now().timestamp() + ttl_secs,
@@ -158,9 +255,11 @@ pub fn mint(secret: &str, sub: &str, admin: bool, ttl_secs: i64) -> anyhow::Resu
         } else {
             Vec::new()
         },
+        iss: rules.issuer.clone(),
+        aud: rules.audience.clone(),
     };
     Ok(jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
+        &Header::new(algorithm),
         &claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )?)
@@ -211,6 +310,21 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, v)| *k == name && !v.is_empty())
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Whether a browser page of `Origin` may open a connection: requests
+/// without an `Origin` (not from a browser) may; a page may if its origin is
+/// in `allowed`, or, with no list, if it is this server's own origin.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return headers.get(header::ORIGIN).is_none();
+    };
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    allowed.is_empty() && host.is_some() && origin_host.is_some_and(|o| Some(o) == host)
 }
 
 /// Compares two secrets in time that depends only on their lengths.
@@ -306,6 +420,95 @@ mod tests {
             handshake_token(None, &HeaderMap::new(), None),
             Err(AuthError::Missing)
         );
+    }
+
+    #[test]
+    fn algorithm_issuer_and_audience_rules() {
+        let key = JwtKey::Secret(Secret::new(SECRET));
+        let rules = |alg: &str| TokenRules {
+            algorithm: Some(alg.into()),
+            ..TokenRules::default()
+        };
+        assert!(Verifier::with_rules(&key, &rules("HS512")).is_ok());
+        // An RS algorithm with a secret would invite algorithm confusion.
+        assert!(Verifier::with_rules(&key, &rules("RS256")).is_err());
+        assert!(Verifier::with_rules(&key, &rules("none")).is_err());
+        // HS256 tokens are refused when HS512 is configured.
+        let hs512 = Verifier::with_rules(&key, &rules("HS512")).unwrap();
+        assert_eq!(
+            hs512.verify(&mint(SECRET, "a", false, 60).unwrap()),
+            Err(AuthError::AlgorithmNotAllowed)
+        );
+
+        let strict = TokenRules {
+            issuer: Some("https://id.example".into()),
+            audience: Some("leadgate".into()),
+            ..TokenRules::default()
+        };
+        let v = Verifier::with_rules(&key, &strict).unwrap();
+        let token = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap()
+        };
+        let exp = chrono::Utc::now().timestamp() + 60;
+        assert!(
+            v.verify(&token(
+                json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "leadgate"})
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            v.verify(&token(
+                json!({"sub": "a", "exp": exp, "iss": "https://evil", "aud": "leadgate"})
+            )),
+            Err(AuthError::WrongIssuer)
+        );
+        assert_eq!(
+            v.verify(&token(
+                json!({"sub": "a", "exp": exp, "iss": "https://id.example", "aud": "other"})
+            )),
+            Err(AuthError::WrongAudience)
+        );
+        assert_eq!(
+            v.verify(&token(json!({"sub": "a", "exp": exp}))),
+            Err(AuthError::BadClaims)
+        );
+    }
+
+    #[test]
+    fn origins() {
+        let headers = |origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "gate.example:3000".parse().unwrap());
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            h
+        };
+        let none: Vec<String> = Vec::new();
+        let list = vec!["http://app.example".to_owned()];
+        assert!(origin_allowed(&headers(None), &none));
+        assert!(origin_allowed(
+            &headers(Some("http://gate.example:3000")),
+            &none
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("http://evil.example")),
+            &none
+        ));
+        assert!(origin_allowed(&headers(Some("http://app.example")), &list));
+        assert!(!origin_allowed(
+            &headers(Some("http://gate.example:3000")),
+            &list
+        ));
+        assert!(!origin_allowed(
+            &headers(Some("http://evil.example")),
+            &list
+        ));
     }
 
     #[test]

@@ -74,6 +74,20 @@ pub struct Config {
     #[arg(long, env = "LEADGATE_JWT_PUBLIC_KEY", global = true)]
     pub jwt_public_key: Option<PathBuf>,
 
+    /// The one algorithm tokens may be signed with: HS256, HS384 or HS512
+    /// with a secret; RS256/384/512 or PS256/384/512 with an RSA key; ES256
+    /// or ES384 with an EC key. Default: HS256, RS256 or ES256.
+    #[arg(long, env = "LEADGATE_JWT_ALGORITHM", global = true)]
+    pub jwt_algorithm: Option<String>,
+
+    /// If set, tokens must carry this `iss`.
+    #[arg(long, env = "LEADGATE_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// If set, tokens must carry this `aud`.
+    #[arg(long, env = "LEADGATE_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
     /// Clock skew allowed when checking a token's `exp` and `nbf`, in seconds.
     #[arg(long, env = "LEADGATE_JWT_LEEWAY", default_value_t = 5, global = true)]
     pub jwt_leeway: u64,
@@ -97,9 +111,11 @@ pub struct Config {
     )]
     pub dev_credentials: PathBuf,
 
-    /// Comma-separated browser origins allowed to make cross-origin requests
-    /// (Socket.IO long-polling, the HTTP API), e.g. `http://localhost:5173`.
-    /// Empty: same-origin only. WebSocket handshakes are not subject to CORS.
+    /// Comma-separated browser origins whose pages may connect, e.g.
+    /// `http://localhost:5173`: CORS for long-polling and the HTTP API, and
+    /// the `Origin` check of WebSocket handshakes. Empty: only pages of this
+    /// server's own origin (clients that send no `Origin` are not browsers
+    /// and are let through).
     #[arg(
         long,
         env = "LEADGATE_ALLOWED_ORIGINS",
@@ -208,6 +224,16 @@ impl Config {
         self.redis_url
             .as_deref()
             .filter(|url| !url.trim().is_empty())
+    }
+
+    /// What tokens must satisfy.
+    pub fn token_rules(&self) -> crate::auth::TokenRules {
+        crate::auth::TokenRules {
+            algorithm: self.jwt_algorithm.clone(),
+            leeway_secs: self.jwt_leeway,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -29,7 +29,8 @@ pub async fn authenticate(
     TryData(auth): TryData<Value>,
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
-    let result = handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query())
+    let result = check_origin(&app, &parts.headers)
+        .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
         .and_then(|token| app.verifier.verify(&token));
     match result {
         Ok(principal) => {
@@ -48,6 +49,16 @@ pub async fn authenticate(
             info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection.");
             Err(e)
         }
+    }
+}
+
+/// Refuses a browser page of a foreign origin (a page of another site must
+/// not connect with the user's cookie).
+pub fn check_origin(app: &App, headers: &axum::http::HeaderMap) -> Result<(), AuthError> {
+    if crate::auth::origin_allowed(headers, &app.limits.allowed_origins) {
+        Ok(())
+    } else {
+        Err(AuthError::OriginNotAllowed)
     }
 }
 

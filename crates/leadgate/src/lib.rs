@@ -73,6 +73,8 @@ pub struct AppInner {
 /// Per-connection limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Browser origins allowed to connect (see `auth::origin_allowed`).
+    pub allowed_origins: Vec<String>,
     pub max_subscriptions: usize,
     pub max_payload: usize,
     pub slow_client_grace: Duration,
@@ -154,7 +156,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let credentials = Credentials::resolve(&config)?;
-    let verifier = auth::Verifier::new(&credentials.jwt, config.jwt_leeway)?;
+    let verifier = auth::Verifier::with_rules(&credentials.jwt, &config.token_rules())?;
     let addr = listener.local_addr()?;
     info!("Listening on http://{addr}");
     log_credentials(&credentials, &verifier);
@@ -249,6 +251,7 @@ pub async fn run(
         api_keys: credentials.api_keys,
         job_locks: JobLocks::default(),
         limits: Limits {
+            allowed_origins: config.allowed_origins.clone(),
             max_subscriptions: config.max_subscriptions,
             max_payload: config.max_payload,
             slow_client_grace: Duration::from_secs(config.slow_client_grace),

@@ -183,7 +183,7 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 
 fn check_config(config: &Config) -> anyhow::Result<()> {
     let credentials = Credentials::resolve(config)?;
-    let verifier = leadgate::auth::Verifier::new(&credentials.jwt, config.jwt_leeway)?;
+    let verifier = leadgate::auth::Verifier::with_rules(&credentials.jwt, &config.token_rules())?;
     println!("Configuration OK.");
     println!("  listen:        {}", config.listen);
     println!(
@@ -218,10 +218,13 @@ fn token(config: &Config, sub: &str, admin: bool, ttl: i64) -> anyhow::Result<()
             "leadgate token signs with an HS256 secret, but LEADGATE_JWT_PUBLIC_KEY is set: get tokens from your identity provider"
         );
     };
-    println!(
-        "{}",
-        leadgate::auth::mint(secret.expose(), sub, admin, ttl)?
-    );
+    let rules = config.token_rules();
+    let token = leadgate::auth::mint_with(secret.expose(), &rules, sub, admin, ttl)?;
+    // What the gateway will check: a token it would refuse is no use.
+    leadgate::auth::Verifier::with_rules(&credentials.jwt, &rules)?
+        .verify(&token)
+        .map_err(|e| anyhow::anyhow!("the minted token would be refused: {e}"))?;
+    println!("{token}");
     Ok(())
 }
 

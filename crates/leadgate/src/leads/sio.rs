@@ -29,7 +29,8 @@ pub async fn authenticate(
     TryData(auth): TryData<Value>,
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
-    let principal = handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query())
+    let principal = crate::jobs::check_origin(&app, &parts.headers)
+        .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
         .and_then(|token| app.verifier.verify(&token))
         .inspect_err(
             |e| info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection."),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use leadgate_protocol::leads::LeadsRequest;
 use tokio::sync::mpsc;
@@ -33,6 +33,10 @@ pub async fn upgrade(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    if crate::jobs::check_origin(&app, &headers).is_err() {
+        info!(path = "/ws/leads/", origin = ?headers.get(axum::http::header::ORIGIN), "Refused a connection from a foreign origin.");
+        return (axum::http::StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     let user = handshake_token(None, &headers, query.as_deref())
         .and_then(|token| app.verifier.verify(&token));
     let max = app.limits.max_payload;
