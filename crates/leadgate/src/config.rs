@@ -213,6 +213,9 @@ impl Config {
         if self.max_subscriptions == 0 {
             return Err("LEADGATE_MAX_SUBSCRIPTIONS must be at least 1".into());
         }
+        if self.slow_client_grace == 0 {
+            return Err("LEADGATE_SLOW_CLIENT_GRACE must be at least 1 second".into());
+        }
         if self.socket_buffer < 16 {
             return Err("LEADGATE_SOCKET_BUFFER must be at least 16".into());
         }
@@ -297,9 +300,14 @@ pub fn parse_with_file<T: clap::Parser>(args: Vec<std::ffi::OsString>) -> Result
             path.display()
         ))
     })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| error(format!("{}: not valid TOML: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let reason = e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        error(format!("{}: not valid TOML: {reason}", path.display()))
+    })?;
     // Whether the command line or the environment already set an option,
     // at the top level or after the subcommand (options are global).
     let set_elsewhere = |id: &str| {
@@ -346,8 +354,11 @@ pub fn parse_with_file<T: clap::Parser>(args: Vec<std::ffi::OsString>) -> Result
                 path.display()
             )));
         };
-        extra.push(format!("--{}", arg.get_long().unwrap_or(&key)).into());
-        extra.push(text.into());
+        if matches!(&value, toml::Value::Array(items) if items.is_empty()) {
+            continue;
+        }
+        // One argument, so that a value starting with `-` stays a value.
+        extra.push(format!("--{}={text}", arg.get_long().unwrap_or(&key)).into());
     }
     // After the program name, before any subcommand: the options are global.
     let mut merged = args;
@@ -396,6 +407,17 @@ mod tests {
         let config = parse(file, &["--listen", "127.0.0.1:5000"]).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(config.max_subscriptions, 7);
+    }
+
+    #[test]
+    fn values_starting_with_a_dash_and_empty_lists() {
+        let config = parse(
+            "api_keys = [\"-starts-with-a-dash\"]\nallowed_origins = []\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.api_keys, vec![Secret::new("-starts-with-a-dash")]);
+        assert!(config.allowed_origins.is_empty());
     }
 
     #[test]

@@ -179,23 +179,24 @@ impl BusHandler for RedisHandler {
 
 impl RedisHandler {
     fn on_job_message(&self, channel_job: &str, payload: &[u8]) {
+        let invalid = || self.metrics.worker_event("redis", "invalid");
         let Ok(job) = Uuid::try_parse(channel_job) else {
             warn!(
                 source = "redis",
                 channel_job, "Ignored a job event on a channel whose job id is not a UUID."
             );
-            return;
+            return invalid();
         };
         let event = match WorkerEvent::from_slice(payload) {
             Ok(event) => event,
             Err(e) => {
                 warn!(source = "redis", job = %job, reason = %e, "Ignored an invalid job event.");
-                return;
+                return invalid();
             }
         };
         if event.job_id.is_some_and(|id| id != job) {
             warn!(source = "redis", job = %job, "Ignored a job event whose jobId differs from its channel's.");
-            return;
+            return invalid();
         }
         match event.seq {
             Some(seq) => {
@@ -204,8 +205,11 @@ impl RedisHandler {
                     seq,
                     event: event.event,
                 });
-                self.metrics.delivered(job, seq);
-                self.metrics.worker_event("redis", "delivered");
+                // An event this instance applied (HTTP API) coming back is
+                // counted once, as `http`; the rest are workers' own.
+                if !self.metrics.delivered(job, seq) {
+                    self.metrics.worker_event("redis", "delivered");
+                }
                 debug!(source = "redis", job = %job, seq, sent, "Delivered a job event.");
             }
             None => {
@@ -280,6 +284,9 @@ pub async fn run_sweeper(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         for socket in hub.sweep(grace) {
+            if evicting.iter().any(|(s, _)| s.id == socket.id) {
+                continue;
+            }
             warn!(sid = %socket.id, grace_secs = grace.as_secs(), "Disconnecting a client that has not taken its messages.");
             metrics.slow_clients.inc();
             evicting.push((socket, false));

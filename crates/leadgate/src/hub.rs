@@ -220,11 +220,9 @@ impl Hub {
                         };
                     }
                 }
-                State::Lagging { last_sent, .. } => {
-                    sub.state = State::Active {
-                        last_seq: *last_sent,
-                    }
-                }
+                // A snapshot read before the dropped message was committed:
+                // stay lagging, the next sweep reads the job again.
+                State::Lagging { .. } => {}
             }
         }
         if again {
@@ -329,26 +327,36 @@ impl Hub {
     /// a socket lagging for longer than `grace` loses its subscriptions and
     /// is returned, to be disconnected.
     pub fn sweep(&self, grace: Duration) -> Vec<SocketRef> {
+        // First the sockets past the grace, then all of their subscriptions
+        // go, whichever job they lag on.
         let mut evicted: Vec<SocketRef> = Vec::new();
         let mut jobs = Vec::new();
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (job, subs) in shard.iter_mut() {
-                subs.retain(|sub| match sub.state {
-                    State::Lagging { since, .. } if since.elapsed() > grace => {
-                        if !evicted.iter().any(|s| s.id == sub.socket.id) {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (job, subs) in shard.iter() {
+                for sub in subs {
+                    match sub.state {
+                        State::Lagging { since, .. }
+                            if since.elapsed() > grace
+                                && !evicted.iter().any(|s| s.id == sub.socket.id) =>
+                        {
                             evicted.push(sub.socket.clone());
                         }
-                        false
+                        State::Lagging { since, .. } if since.elapsed() > grace => {}
+                        State::Lagging { .. } => jobs.push(*job),
+                        _ => {}
                     }
-                    State::Lagging { .. } => {
-                        jobs.push(*job);
-                        true
-                    }
-                    _ => true,
-                });
+                }
             }
-            shard.retain(|_, subs| !subs.is_empty());
+        }
+        if !evicted.is_empty() {
+            for shard in self.shards.iter() {
+                let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                for subs in shard.values_mut() {
+                    subs.retain(|sub| !evicted.iter().any(|s| s.id == sub.socket.id));
+                }
+                shard.retain(|_, subs| !subs.is_empty());
+            }
         }
         for job in jobs {
             self.refresh.push(job);

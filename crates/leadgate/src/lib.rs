@@ -16,6 +16,7 @@ mod locks;
 mod metrics;
 mod session;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -91,29 +92,39 @@ impl App {
     /// The metrics text for `GET /metrics`, with the gauges read now.
     pub fn metrics_text(&self) -> String {
         let m = &self.metrics;
-        m.connections.clear();
-        if let Some(io) = self.io.get() {
-            for namespace in ["/", "/leads"] {
-                for socket in io.of(namespace).map(|ns| ns.sockets()).unwrap_or_default() {
-                    let transport = match socket.transport_type() {
-                        socketioxide::TransportType::Websocket => "websocket",
-                        socketioxide::TransportType::Polling => "polling",
-                    };
-                    m.connections
-                        .get_or_create(&metrics::ConnectionLabels {
-                            namespace,
-                            transport,
-                        })
-                        .inc();
-                }
+        let _one_at_a_time = m.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted first, then set: every label is written, zero included.
+        let mut counts: HashMap<(&'static str, &'static str), i64> = HashMap::new();
+        for namespace in ["/", "/leads"] {
+            for transport in ["websocket", "polling"] {
+                counts.insert((namespace, transport), 0);
+            }
+            let sockets = self
+                .io
+                .get()
+                .and_then(|io| io.of(namespace))
+                .map(|ns| ns.sockets())
+                .unwrap_or_default();
+            for socket in sockets {
+                let transport = match socket.transport_type() {
+                    socketioxide::TransportType::Websocket => "websocket",
+                    socketioxide::TransportType::Polling => "polling",
+                };
+                *counts.entry((namespace, transport)).or_default() += 1;
             }
         }
-        m.connections
-            .get_or_create(&metrics::ConnectionLabels {
-                namespace: "/ws/leads/",
-                transport: "websocket",
-            })
-            .set(self.leads.websocket_clients() as i64);
+        counts.insert(
+            ("/ws/leads/", "websocket"),
+            self.leads.websocket_clients() as i64,
+        );
+        for ((namespace, transport), count) in counts {
+            m.connections
+                .get_or_create(&metrics::ConnectionLabels {
+                    namespace,
+                    transport,
+                })
+                .set(count);
+        }
         m.subscriptions.set(self.hub.subscription_count() as i64);
         m.encode()
     }
@@ -181,7 +192,7 @@ pub async fn run(
     // Background tasks run until the server has stopped.
     let tasks = CancellationToken::new();
     let mut background = Vec::new();
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(config.redis_url().is_some()));
     let hub = Arc::new(Hub::new(metrics.clone()));
     let publisher = match config.redis_url() {
         None => None,

@@ -57,6 +57,8 @@ pub struct Metrics {
     /// When this instance published events it applied, by job and seq, until
     /// their delivery here: the start of `delivery_seconds`.
     published: Mutex<HashMap<(Uuid, i64), Instant>>,
+    /// One scrape at a time: gauges are set from a count made during it.
+    pub scrape: Mutex<()>,
 }
 
 /// Events awaiting their delivery's measurement; past this the oldest
@@ -68,8 +70,9 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// The metrics of an instance; `redis` adds the Redis subscription's.
+    pub fn new(redis: bool) -> Self {
         let mut registry = Registry::with_prefix("leadgate");
         let connections = Family::<ConnectionLabels, Gauge>::default();
         registry.register(
@@ -108,11 +111,13 @@ impl Default for Metrics {
             slow_clients.clone(),
         );
         let redis_up = Gauge::default();
-        registry.register(
-            "redis_up",
-            "1 while the Redis subscription is up, 0 while it is down (absent without Redis)",
-            redis_up.clone(),
-        );
+        if redis {
+            registry.register(
+                "redis_up",
+                "1 while the Redis subscription is up, 0 while it is down",
+                redis_up.clone(),
+            );
+        }
         let db_query_seconds: HistogramFamily<QueryLabels> =
             Family::new_with_constructor(latency_histogram);
         registry.register(
@@ -138,11 +143,10 @@ impl Default for Metrics {
             db_query_seconds,
             delivery_seconds,
             published: Mutex::default(),
+            scrape: Mutex::default(),
         }
     }
-}
 
-impl Metrics {
     pub fn worker_event(&self, source: &'static str, outcome: &'static str) {
         self.worker_events
             .get_or_create(&WorkerEventLabels { source, outcome })
@@ -174,8 +178,9 @@ impl Metrics {
         published.insert((job, seq), Instant::now());
     }
 
-    /// Notes that an event was handed to this instance's sockets.
-    pub fn delivered(&self, job: Uuid, seq: i64) {
+    /// Notes that an event was handed to this instance's sockets; `true` if
+    /// this instance had published it.
+    pub fn delivered(&self, job: Uuid, seq: i64) -> bool {
         let started = self
             .published
             .lock()
@@ -185,6 +190,7 @@ impl Metrics {
             self.delivery_seconds
                 .observe(started.elapsed().as_secs_f64());
         }
+        started.is_some()
     }
 
     /// The metrics in Prometheus' text format.

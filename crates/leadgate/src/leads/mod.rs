@@ -81,12 +81,21 @@ impl Sink {
     /// Sends without waiting; a client whose queue is full misses this
     /// frame (it is a page it will be sent again at the next change).
     fn push(&self, frame: &Frame, metrics: &Metrics) -> bool {
-        let sent = match self {
-            Sink::Socket(socket) => socket.emit(frame.kind, &*frame.json).is_ok(),
-            Sink::WebSocket(tx) => tx.try_send(frame.clone()).is_ok(),
-        };
-        metrics.message(frame.kind, sent);
-        sent
+        match self {
+            Sink::Socket(socket) => {
+                let sent = socket.emit(frame.kind, &*frame.json).is_ok();
+                metrics.message(frame.kind, sent);
+                sent
+            }
+            // Counted as sent by the connection's writer.
+            Sink::WebSocket(tx) => {
+                let queued = tx.try_send(frame.clone()).is_ok();
+                if !queued {
+                    metrics.message(frame.kind, false);
+                }
+                queued
+            }
+        }
     }
 }
 
@@ -299,7 +308,10 @@ impl Leads {
         };
         let result = cell
             .get_or_init(|| async {
-                match self.store.leads_page(query).await {
+                let started = std::time::Instant::now();
+                let page = self.store.leads_page(query).await;
+                self.metrics.query("leads_page", started.elapsed());
+                match page {
                     Ok((projects, total)) => {
                         let pagination = Pagination {
                             page: query.page,

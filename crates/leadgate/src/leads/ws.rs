@@ -79,7 +79,7 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
     let writer_gone = tokio_util::sync::CancellationToken::new();
     let writer_done = writer_gone.clone();
     let writer = tokio::spawn(async move {
-        let _done = writer_done.drop_guard();
+        let done = writer_done.drop_guard();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
         loop {
@@ -109,14 +109,20 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
                 }
             }
         }
-        if stopping.is_cancelled() {
-            let away = CloseFrame {
-                code: close_code::AWAY,
-                reason: "server shutting down".into(),
-            };
-            let _ = outgoing.send(Message::Close(Some(away))).await;
-        }
-        let _ = outgoing.close().await;
+        // The reader stops now; closing may not complete if the peer takes
+        // nothing, so it is bounded.
+        drop(done);
+        let close = async {
+            if stopping.is_cancelled() {
+                let away = CloseFrame {
+                    code: close_code::AWAY,
+                    reason: "server shutting down".into(),
+                };
+                let _ = outgoing.send(Message::Close(Some(away))).await;
+            }
+            let _ = outgoing.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
     });
 
     if tx.send(app.leads.current_page(id).await).await.is_ok() {
