@@ -57,6 +57,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .env("LEADGATE_JWT_SECRET", SECRET)
         .env("LEADGATE_API_KEYS", API_KEY)
+        // 1,000 clients connect from one address at once.
+        .env("LEADGATE_CONNECT_RATE", "100000")
         .env("LEADGATE_SLOW_CLIENT_GRACE", "20")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())

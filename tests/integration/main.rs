@@ -25,6 +25,7 @@ macro_rules! on_every_backend {
 
 mod auth;
 mod fanout;
+mod hostile;
 mod jobs;
 mod leads;
 mod ops;

@@ -56,6 +56,13 @@ impl Gateway {
             "--api-keys",
             API_KEY,
         ];
+        // Tests open many connections and send many requests at once; the
+        // rate limits are tested where a test sets them.
+        for (flag, generous) in [("--connect-rate", "100000"), ("--event-rate", "100000")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, generous]);
+            }
+        }
         args.extend_from_slice(extra);
         let config = Args::try_parse_from(args)
             .expect("valid test configuration")

@@ -216,6 +216,21 @@ impl SioClient {
         tokio::time::timeout(within, closing).await.is_ok()
     }
 
+    /// Whether the server ends this Socket.IO connection (a DISCONNECT
+    /// packet, or the transport closing) within `within`.
+    pub async fn disconnected_within(&mut self, within: Duration) -> bool {
+        let ended = async {
+            loop {
+                match self.recv_text().await {
+                    None => return,
+                    Some(packet) if packet.starts_with('1') => return,
+                    Some(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, ended).await.is_ok()
+    }
+
     /// Closes the connection.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;

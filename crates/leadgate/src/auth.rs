@@ -60,6 +60,8 @@ pub enum AuthError {
     WrongIssuer,
     WrongAudience,
     OriginNotAllowed,
+    TooManyAttempts,
+    TooManyConnections,
 }
 
 impl fmt::Display for AuthError {
@@ -75,6 +77,8 @@ impl fmt::Display for AuthError {
             AuthError::WrongIssuer => "invalid token: wrong issuer",
             AuthError::WrongAudience => "invalid token: wrong audience",
             AuthError::OriginNotAllowed => "origin not allowed",
+            AuthError::TooManyAttempts => "too many connection attempts; retry later",
+            AuthError::TooManyConnections => "too many connections for this user",
         })
     }
 }

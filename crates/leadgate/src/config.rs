@@ -153,6 +153,40 @@ pub struct Config {
     )]
     pub slow_client_grace: u64,
 
+    /// Connection attempts a second per client address (bursts of twice
+    /// that); past it a connection is refused.
+    #[arg(
+        long,
+        env = "LEADGATE_CONNECT_RATE",
+        default_value_t = 10,
+        global = true
+    )]
+    pub connect_rate: u32,
+
+    /// Requests (events, frames) a second per connection (bursts of twice
+    /// that); past it a request is refused with an error.
+    #[arg(long, env = "LEADGATE_EVENT_RATE", default_value_t = 20, global = true)]
+    pub event_rate: u32,
+
+    /// Open connections per user (token `sub`), over every endpoint.
+    #[arg(
+        long,
+        env = "LEADGATE_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 50,
+        global = true
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Comma-separated addresses of reverse proxies whose `X-Forwarded-For`
+    /// names the client. From anyone else the header is ignored.
+    #[arg(
+        long,
+        env = "LEADGATE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Jobs one connection may be subscribed to at once.
     #[arg(
         long,
@@ -212,6 +246,12 @@ impl Config {
         }
         if self.max_subscriptions == 0 {
             return Err("LEADGATE_MAX_SUBSCRIPTIONS must be at least 1".into());
+        }
+        if self.connect_rate == 0 || self.event_rate == 0 || self.max_connections_per_user == 0 {
+            return Err(
+                "LEADGATE_CONNECT_RATE, LEADGATE_EVENT_RATE and LEADGATE_MAX_CONNECTIONS_PER_USER must be at least 1"
+                    .into(),
+            );
         }
         if self.slow_client_grace == 0 {
             return Err("LEADGATE_SLOW_CLIENT_GRACE must be at least 1 second".into());

@@ -16,7 +16,7 @@ use tracing::{debug, error, info};
 use crate::App;
 use crate::auth::{AuthError, handshake_token};
 use crate::hub::Activation;
-use crate::session::{Session, Turn, Turnstile};
+use crate::session::{Session, TokenExpiry, Turn, Turnstile};
 
 /// The answer for an unknown job and for another user's job alike.
 pub const JOB_NOT_FOUND: &str = "job not found";
@@ -29,12 +29,19 @@ pub async fn authenticate(
     TryData(auth): TryData<Value>,
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
-    let result = check_origin(&app, &parts.headers)
+    let result = app
+        .admit(peer(parts), &parts.headers)
         .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
-        .and_then(|token| app.verifier.verify(&token));
+        .and_then(|token| app.verifier.verify(&token))
+        .and_then(|principal| Ok((app.user_slot(&principal.sub)?, principal)));
     match result {
-        Ok(principal) => {
-            socket.extensions.insert(Session::new(principal));
+        Ok((slot, principal)) => {
+            socket
+                .extensions
+                .insert(TokenExpiry::new(principal.expires_at));
+            socket
+                .extensions
+                .insert(Session::new(principal, slot, app.limits.event_rate));
             socket.extensions.insert(Turnstile::new());
             // Registered here, before the client is told it is connected:
             // socketioxide runs the connect handler in a task of its own, so
@@ -42,6 +49,7 @@ pub async fn authenticate(
             // before its handler exists and be lost.
             socket.on("subscribe-job", subscribe);
             socket.on("unsubscribe-job", unsubscribe);
+            socket.on("refresh-token", refresh_token);
             socket.on_disconnect(on_disconnect);
             Ok(())
         }
@@ -52,14 +60,31 @@ pub async fn authenticate(
     }
 }
 
-/// Refuses a browser page of a foreign origin (a page of another site must
-/// not connect with the user's cookie).
-pub fn check_origin(app: &App, headers: &axum::http::HeaderMap) -> Result<(), AuthError> {
-    if crate::auth::origin_allowed(headers, &app.limits.allowed_origins) {
-        Ok(())
-    } else {
-        Err(AuthError::OriginNotAllowed)
+/// The peer address of a handshake.
+pub fn peer(parts: &axum::http::request::Parts) -> Option<std::net::SocketAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0)
+}
+
+/// Refuses a request over the connection's rate; `true` if refused.
+fn over_rate(
+    socket: &SocketRef,
+    app: &App,
+    session: &Session,
+    ack: AckSender,
+    event: &str,
+) -> Option<AckSender> {
+    if session.allow_request(app.limits.event_rate) {
+        return Some(ack);
     }
+    let message = format!(
+        "too many requests: at most {} a second",
+        app.limits.event_rate.per_second
+    );
+    refuse(socket, ack, event, &message);
+    None
 }
 
 /// Connect handler: the socket is authenticated and its events are wired.
@@ -78,6 +103,9 @@ async fn subscribe(
 ) {
     turn.wait().await;
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    let Some(ack) = over_rate(&socket, &app, &session, ack, "subscribe-job") else {
         return;
     };
     let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
@@ -147,6 +175,9 @@ async fn unsubscribe(
     let Some(session) = socket.extensions.get::<Arc<Session>>() else {
         return;
     };
+    let Some(ack) = over_rate(&socket, &app, &session, ack, "unsubscribe-job") else {
+        return;
+    };
     let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
         return refuse(&socket, ack, "unsubscribe-job", BAD_JOB_ID);
     };
@@ -154,6 +185,29 @@ async fn unsubscribe(
     session.remove_job(&job);
     debug!(sid = %socket.id, job = %job, "Unsubscribed.");
     let _ = ack.send(&Ack::ok());
+}
+
+/// `refresh-token` `token` (or `{ token }`): a fresh token for the same user
+/// keeps the connection beyond the first token's expiry.
+async fn refresh_token(
+    socket: SocketRef,
+    State(app): State<App>,
+    TryData(arg): TryData<Value>,
+    ack: AckSender,
+) {
+    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+        return;
+    };
+    let Some(ack) = over_rate(&socket, &app, &session, ack, "refresh-token") else {
+        return;
+    };
+    match crate::leads::sio::refresh(&app, &socket, &session.principal, arg.unwrap_or_default()) {
+        Ok(_) => {
+            debug!(sid = %socket.id, "Token refreshed.");
+            let _ = ack.send(&Ack::ok());
+        }
+        Err(e) => refuse(&socket, ack, "refresh-token", &e.to_string()),
+    }
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: DisconnectReason) {

@@ -12,6 +12,7 @@ mod http;
 mod hub;
 mod jobs;
 mod leads;
+mod limits;
 mod locks;
 mod metrics;
 mod session;
@@ -63,6 +64,10 @@ pub struct AppInner {
     api_keys: Vec<Secret>,
     job_locks: JobLocks,
     limits: Limits,
+    /// Connection attempts per client address.
+    connect_attempts: limits::Buckets<std::net::IpAddr>,
+    /// Open connections per user.
+    user_connections: Arc<limits::PerUser>,
     /// Set on shutdown: `/readyz` answers 503 from then on.
     draining: AtomicBool,
     /// Cancelled on shutdown; plain WebSocket connections close on it.
@@ -76,6 +81,10 @@ pub struct AppInner {
 pub struct Limits {
     /// Browser origins allowed to connect (see `auth::origin_allowed`).
     pub allowed_origins: Vec<String>,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Requests a second per connection.
+    pub event_rate: limits::Rate,
+    pub jwt_leeway: u64,
     pub max_subscriptions: usize,
     pub max_payload: usize,
     pub slow_client_grace: Duration,
@@ -89,6 +98,39 @@ impl Deref for App {
 }
 
 impl App {
+    /// Admits a connection attempt from the client behind `peer`, or says
+    /// why not: a foreign origin, too many attempts from that address.
+    pub(crate) fn admit(
+        &self,
+        peer: Option<SocketAddr>,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<(), auth::AuthError> {
+        if !auth::origin_allowed(headers, &self.limits.allowed_origins) {
+            return Err(auth::AuthError::OriginNotAllowed);
+        }
+        match limits::client_ip(peer, headers, &self.limits.trusted_proxies) {
+            Some(ip) if !self.connect_attempts.take(ip) => {
+                warn!(client = %ip, "Too many connection attempts from one address.");
+                Err(auth::AuthError::TooManyAttempts)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes one of the user's connection slots, given back when the
+    /// returned slot is dropped.
+    pub(crate) fn user_slot(&self, user: &str) -> Result<Arc<UserSlot>, auth::AuthError> {
+        if self.user_connections.open(user) {
+            Ok(Arc::new(UserSlot {
+                users: self.user_connections.clone(),
+                user: user.to_owned(),
+            }))
+        } else {
+            warn!(user, "Too many connections for one user.");
+            Err(auth::AuthError::TooManyConnections)
+        }
+    }
+
     /// The metrics text for `GET /metrics`, with the gauges read now.
     pub fn metrics_text(&self) -> String {
         let m = &self.metrics;
@@ -156,6 +198,19 @@ impl App {
             Ok(result) => result,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+    }
+}
+
+/// One open connection of a user; dropped with the connection (kept in the
+/// socket's extensions, or by the WebSocket task).
+pub(crate) struct UserSlot {
+    users: Arc<limits::PerUser>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        self.users.close(&self.user);
     }
 }
 
@@ -263,10 +318,21 @@ pub async fn run(
         job_locks: JobLocks::default(),
         limits: Limits {
             allowed_origins: config.allowed_origins.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            event_rate: limits::Rate {
+                per_second: f64::from(config.event_rate),
+                burst: f64::from(config.event_rate) * 2.0,
+            },
+            jwt_leeway: config.jwt_leeway,
             max_subscriptions: config.max_subscriptions,
             max_payload: config.max_payload,
             slow_client_grace: Duration::from_secs(config.slow_client_grace),
         },
+        connect_attempts: limits::Buckets::new(limits::Rate {
+            per_second: f64::from(config.connect_rate),
+            burst: f64::from(config.connect_rate) * 2.0,
+        }),
+        user_connections: Arc::new(limits::PerUser::new(config.max_connections_per_user)),
         draining: AtomicBool::new(false),
         stopping: CancellationToken::new(),
         connections: TaskTracker::new(),
@@ -280,6 +346,7 @@ pub async fn run(
         .max_buffer_size(config.socket_buffer)
         .build_layer();
     let _ = app.io.set(io.clone());
+    background.push(tokio::spawn(run_expiry(app.clone(), tasks.clone())));
     io.ns("/", jobs::on_connect.with(jobs::authenticate));
     io.ns(
         "/leads",
@@ -348,6 +415,46 @@ pub async fn run(
     served?;
     info!("Stopped.");
     Ok(())
+}
+
+/// Once a second, disconnects Socket.IO sockets whose token ran out (past
+/// the leeway) without a `refresh-token`, telling them why, until `cancel`.
+async fn run_expiry(app: App, cancel: CancellationToken) {
+    let leeway = app.limits.jwt_leeway as i64;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Some(io) = app.io.get() else { continue };
+        let now = chrono::Utc::now().timestamp();
+        let reason = auth::AuthError::Expired.to_string();
+        for namespace in ["/", "/leads"] {
+            for socket in io.of(namespace).map(|ns| ns.sockets()).unwrap_or_default() {
+                let Some(expiry) = socket.extensions.get::<session::TokenExpiry>() else {
+                    continue;
+                };
+                if expiry.get().saturating_add(leeway) >= now {
+                    continue;
+                }
+                info!(ns = namespace, sid = %socket.id, "Token expired; disconnecting.");
+                let _ = if namespace == "/" {
+                    socket.emit(
+                        "error",
+                        &leadgate_protocol::ClientError {
+                            message: reason.clone(),
+                        },
+                    )
+                } else {
+                    socket.emit(
+                        "error",
+                        &leadgate_protocol::leads::LeadsErrorMessage::new(reason.clone()),
+                    )
+                };
+                let _ = socket.disconnect();
+            }
+        }
+    }
 }
 
 fn log_credentials(credentials: &Credentials, verifier: &auth::Verifier) {

@@ -8,7 +8,7 @@
 //! ticket before it acts.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use socketioxide::adapter::Adapter;
@@ -17,7 +17,9 @@ use socketioxide::socket::Socket;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::UserSlot;
 use crate::auth::Principal;
+use crate::limits::{Bucket, Rate};
 
 /// What the gateway knows about one authenticated connection to `/`.
 pub struct Session {
@@ -25,15 +27,28 @@ pub struct Session {
     jobs: Mutex<HashSet<Uuid>>,
     /// Set by the disconnect handler before it ends the subscriptions.
     closed: AtomicBool,
+    requests: Mutex<Bucket>,
+    /// The user's connection slot, given back with the session.
+    _slot: Arc<UserSlot>,
 }
 
 impl Session {
-    pub fn new(principal: Principal) -> Arc<Self> {
+    pub fn new(principal: Principal, slot: Arc<UserSlot>, rate: Rate) -> Arc<Self> {
         Arc::new(Session {
             principal,
             jobs: Mutex::default(),
             closed: AtomicBool::new(false),
+            requests: Mutex::new(Bucket::new(rate)),
+            _slot: slot,
         })
+    }
+
+    /// Whether one more request fits in the connection's rate.
+    pub fn allow_request(&self, rate: Rate) -> bool {
+        self.requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(rate)
     }
 
     fn jobs(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
@@ -155,5 +170,25 @@ impl std::fmt::Debug for Turn {
         f.debug_struct("Turn")
             .field("ticket", &self.ticket)
             .finish()
+    }
+}
+
+/// When a connection's token runs out, in its socket's extensions; the
+/// gateway disconnects sockets past it (`run_expiry`), and a refreshed token
+/// moves it.
+#[derive(Clone)]
+pub struct TokenExpiry(Arc<AtomicI64>);
+
+impl TokenExpiry {
+    pub fn new(expires_at: i64) -> Self {
+        TokenExpiry(Arc::new(AtomicI64::new(expires_at)))
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, expires_at: i64) {
+        self.0.store(expires_at, Ordering::Relaxed);
     }
 }

@@ -121,6 +121,11 @@ export async function startGateway({ env = {}, timeoutMs = 30_000, args = ['serv
     LEADGATE_JWT_SECRET: JWT_SECRET,
     LEADGATE_API_KEYS: `${API_KEY},${API_KEY_2}`,
     LEADGATE_LOG_FORMAT: 'text',
+    // These suites open many connections and send many requests from one
+    // address at once; the rate limits have tests of their own
+    // (tests/integration/hostile.rs).
+    LEADGATE_CONNECT_RATE: '100000',
+    LEADGATE_EVENT_RATE: '100000',
     RUST_LOG: process.env.LEADGATE_E2E_RUST_LOG || 'info',
   };
   // A test environment must never leak into the gateway: it runs standalone.

@@ -69,6 +69,14 @@ impl Frame {
     pub fn error(detail: impl Into<String>) -> Frame {
         Frame::new("error", &LeadsErrorMessage::new(detail))
     }
+
+    /// The answer to `refresh_token`.
+    pub fn token_refreshed(expires_at: i64) -> Frame {
+        Frame::new(
+            "token_refreshed",
+            &serde_json::json!({ "type": "token_refreshed", "expires_at": expires_at }),
+        )
+    }
 }
 
 /// Where a client's frames go.

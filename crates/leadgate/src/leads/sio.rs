@@ -11,7 +11,8 @@ use tracing::info;
 use super::{Frame, Sink};
 use crate::App;
 use crate::auth::{AuthError, Principal, handshake_token};
-use crate::session::{Turn, Turnstile};
+use crate::limits::Bucket;
+use crate::session::{TokenExpiry, Turn, Turnstile};
 
 /// The client's registration and user, in the socket's extensions.
 #[derive(Clone)]
@@ -20,6 +21,8 @@ struct LeadsClient {
     principal: Arc<Principal>,
     /// The turn drawn for `leads_init`, before any request could be.
     first_turn: Arc<Mutex<Option<Turn>>>,
+    requests: Arc<Mutex<Bucket>>,
+    _slot: Arc<crate::UserSlot>,
 }
 
 /// Connect middleware: authenticates and registers the client.
@@ -29,12 +32,17 @@ pub async fn authenticate(
     TryData(auth): TryData<Value>,
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
-    let principal = crate::jobs::check_origin(&app, &parts.headers)
+    let (slot, principal) = app
+        .admit(crate::jobs::peer(parts), &parts.headers)
         .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
         .and_then(|token| app.verifier.verify(&token))
+        .and_then(|principal| Ok((app.user_slot(&principal.sub)?, principal)))
         .inspect_err(
             |e| info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection."),
         )?;
+    socket
+        .extensions
+        .insert(TokenExpiry::new(principal.expires_at));
     let turnstile = Turnstile::new();
     // Registered in the connect handler, once the socket is connected: a
     // handshake that fails after this middleware runs no disconnect handler.
@@ -42,6 +50,8 @@ pub async fn authenticate(
         id: app.leads.new_id(),
         principal: Arc::new(principal),
         first_turn: Arc::new(Mutex::new(Some(turnstile.ticket()))),
+        requests: Arc::new(Mutex::new(Bucket::new(app.limits.event_rate))),
+        _slot: slot,
     };
     socket.extensions.insert(turnstile);
     socket.extensions.insert(client);
@@ -89,6 +99,25 @@ async fn on_event(
     let Some(client) = socket.extensions.get::<LeadsClient>() else {
         return;
     };
+    let allowed = client
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(app.limits.event_rate);
+    if !allowed {
+        let detail = format!(
+            "too many requests: at most {} a second",
+            app.limits.event_rate.per_second
+        );
+        return send(&app, &socket, &Frame::error(detail));
+    }
+    if event == "refresh_token" {
+        let frame = match refresh(&app, &socket, &client.principal, data.unwrap_or_default()) {
+            Ok(expires_at) => Frame::token_refreshed(expires_at),
+            Err(e) => Frame::error(e.to_string()),
+        };
+        return send(&app, &socket, &frame);
+    }
     // An event sent without a payload (`emit('sync')`) has nothing to
     // deserialize; it means the same as an empty object.
     let data = data.unwrap_or(Value::Null);
@@ -119,4 +148,30 @@ fn send(app: &App, socket: &SocketRef, frame: &Frame) {
     if let Err(e) = result {
         tracing::warn!(sid = %socket.id, error = %e, "Dropped a leads message for a socket.");
     }
+}
+
+/// Takes a fresh token for a connected socket (`{ token }` or the token
+/// itself): it must be valid and name the same user. Returns its expiry.
+pub(crate) fn refresh(
+    app: &App,
+    socket: &SocketRef,
+    user: &Principal,
+    data: Value,
+) -> Result<i64, AuthError> {
+    let token = match &data {
+        Value::String(token) => token.as_str(),
+        Value::Object(map) => map.get("token").and_then(Value::as_str).unwrap_or(""),
+        _ => "",
+    };
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    let fresh = app.verifier.verify(token)?;
+    if fresh.sub != user.sub || fresh.admin != user.admin {
+        return Err(AuthError::BadClaims);
+    }
+    if let Some(expiry) = socket.extensions.get::<TokenExpiry>() {
+        expiry.set(fresh.expires_at);
+    }
+    Ok(fresh.expires_at)
 }

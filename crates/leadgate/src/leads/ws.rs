@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use leadgate_protocol::leads::LeadsRequest;
@@ -21,6 +23,7 @@ use tracing::{info, warn};
 use super::{Frame, Sink};
 use crate::App;
 use crate::auth::{AuthError, Principal, handshake_token};
+use crate::limits::Bucket;
 
 /// Frames queued for one connection; past this, pushes to it are dropped.
 const QUEUE: usize = 32;
@@ -30,15 +33,23 @@ const PING_EVERY: Duration = Duration::from_secs(25);
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
-    if crate::jobs::check_origin(&app, &headers).is_err() {
-        info!(path = "/ws/leads/", origin = ?headers.get(axum::http::header::ORIGIN), "Refused a connection from a foreign origin.");
-        return (axum::http::StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    // A foreign page or a flood is refused before the upgrade: neither is a
+    // user's app that needs a readable reason.
+    if let Err(e) = app.admit(Some(peer), &headers) {
+        info!(path = "/ws/leads/", %peer, reason = %e, "Refused a connection.");
+        let status = match e {
+            AuthError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        return (status, e.to_string()).into_response();
     }
     let user = handshake_token(None, &headers, query.as_deref())
-        .and_then(|token| app.verifier.verify(&token));
+        .and_then(|token| app.verifier.verify(&token))
+        .and_then(|user| Ok((app.user_slot(&user.sub)?, user)));
     let max = app.limits.max_payload;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -48,9 +59,13 @@ pub async fn upgrade(
         })
 }
 
-async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) {
+async fn serve(
+    app: App,
+    socket: WebSocket,
+    user: Result<(std::sync::Arc<crate::UserSlot>, Principal), AuthError>,
+) {
     let (mut outgoing, mut incoming) = socket.split();
-    let user = match user {
+    let (_slot, user) = match user {
         Ok(user) => user,
         Err(e) => {
             info!(path = "/ws/leads/", reason = %e, "Refused a connection.");
@@ -125,17 +140,44 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
         let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
     });
 
+    let mut requests = Bucket::new(app.limits.event_rate);
+    let mut expires_at = user.expires_at;
     if tx.send(app.leads.current_page(id).await).await.is_ok() {
         loop {
+            let expiry = expiry_instant(expires_at, app.limits.jwt_leeway);
             let message = tokio::select! {
                 () = app.stopping.cancelled() => break,
                 () = writer_gone.cancelled() => break,
+                () = tokio::time::sleep_until(expiry) => {
+                    info!(path = "/ws/leads/", client = id, user = %user.sub, "Token expired; disconnecting.");
+                    let _ = tx.send(Frame::error(AuthError::Expired.to_string())).await;
+                    break;
+                }
                 message = incoming.next() => match message {
                     Some(Ok(message)) => message,
                     _ => break,
                 },
             };
+            if !requests.take(app.limits.event_rate) {
+                let detail = format!(
+                    "too many requests: at most {} a second",
+                    app.limits.event_rate.per_second
+                );
+                if tx.send(Frame::error(detail)).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             let frame = match message {
+                Message::Text(text) if is_refresh(text.as_str()) => {
+                    match refresh(&app, &user, text.as_str()) {
+                        Ok(fresh) => {
+                            expires_at = fresh;
+                            Frame::token_refreshed(fresh)
+                        }
+                        Err(e) => Frame::error(e.to_string()),
+                    }
+                }
                 Message::Text(text) => match LeadsRequest::from_frame(text.as_str()) {
                     Ok(request) => app.leads.handle(id, &user, request).await,
                     Err(e) => {
@@ -162,4 +204,28 @@ async fn serve(app: App, socket: WebSocket, user: Result<Principal, AuthError>) 
         warn!(error = %e, "A leads writer task failed.");
     }
     info!(path = "/ws/leads/", client = id, user = %user.sub, "Disconnected.");
+}
+
+/// When a token of `expires_at` (seconds since the epoch) runs out, with the
+/// configured leeway, as a tokio instant.
+fn expiry_instant(expires_at: i64, leeway: u64) -> tokio::time::Instant {
+    let left = expires_at.saturating_add(leeway as i64) - chrono::Utc::now().timestamp();
+    tokio::time::Instant::now() + Duration::from_secs(left.max(0) as u64)
+}
+
+fn is_refresh(text: &str) -> bool {
+    text.contains("refresh_token")
+        && serde_json::from_str::<serde_json::Value>(text)
+            .is_ok_and(|v| v["type"] == "refresh_token")
+}
+
+/// `{ type: 'refresh_token', token }`: a fresh token for the same user.
+fn refresh(app: &App, user: &Principal, text: &str) -> Result<i64, AuthError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| AuthError::Malformed)?;
+    let token = value["token"].as_str().ok_or(AuthError::Missing)?;
+    let fresh = app.verifier.verify(token)?;
+    if fresh.sub != user.sub || fresh.admin != user.admin {
+        return Err(AuthError::BadClaims);
+    }
+    Ok(fresh.expires_at)
 }

@@ -308,6 +308,11 @@ export class Gateway {
       LEADGATE_JWT_SECRET: JWT_SECRET,
       LEADGATE_API_KEYS: API_KEY,
       LEADGATE_LOG_FORMAT: 'text',
+      // These suites open many connections and send many requests from one
+      // address at once; the rate limits have tests of their own
+      // (tests/integration/hostile.rs).
+      LEADGATE_CONNECT_RATE: '100000',
+      LEADGATE_EVENT_RATE: '100000',
       RUST_LOG: process.env.LEADGATE_E2E_RUST_LOG || 'info',
     };
     delete env.LEADGATE_JWT_PUBLIC_KEY;

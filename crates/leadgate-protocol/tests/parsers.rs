@@ -1,0 +1,125 @@
+//! Property tests over every parser of outside input: worker events, leads
+//! requests (frames and Socket.IO events), lead filters and crawlers' leads.
+//! Arbitrary bytes and arbitrary JSON must never panic; what parses must
+//! survive a round trip and normalize idempotently.
+//!
+//! `PROPTEST_CASES=100000 cargo test --release -p leadgate-protocol --test parsers`
+//! runs a longer search than the default 256 cases per property.
+
+use leadgate_protocol::WorkerEvent;
+use leadgate_protocol::leads::{LeadFilter, LeadInput, LeadsQuery, LeadsRequest};
+use proptest::prelude::*;
+use serde_json::{Map, Value};
+
+/// Any JSON value, nested a few levels, with the keys the parsers look for
+/// mixed in so that deep paths are reached.
+fn json() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        Just("type".to_owned()),
+        Just("progress".to_owned()),
+        Just("processedLeads".to_owned()),
+        Just("totalLeads".to_owned()),
+        Just("status".to_owned()),
+        Just("log".to_owned()),
+        Just("level".to_owned()),
+        Just("message".to_owned()),
+        Just("timestamp".to_owned()),
+        Just("results".to_owned()),
+        Just("error".to_owned()),
+        Just("jobId".to_owned()),
+        Just("seq".to_owned()),
+        Just("page".to_owned()),
+        Just("page_size".to_owned()),
+        Just("filter".to_owned()),
+        Just("provider".to_owned()),
+        Just("q".to_owned()),
+        Just("skills".to_owned()),
+        Just("remote".to_owned()),
+        Just("project_id".to_owned()),
+        Just("title".to_owned()),
+        Just("posted_at".to_owned()),
+        "[a-z_]{1,8}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        prop_oneof![
+            Just("progress".to_owned()),
+            Just("status".to_owned()),
+            Just("log".to_owned()),
+            Just("complete".to_owned()),
+            Just("error".to_owned()),
+            Just("get_leads".to_owned()),
+            Just("get_lead_details".to_owned()),
+            Just("sync".to_owned()),
+            Just("info".to_owned()),
+            Just("processing".to_owned()),
+            Just("2026-11-22T10:00:00Z".to_owned()),
+            Just("6f1c1f46-3f0b-4c36-9f0e-3f1d8f5f2b10".to_owned()),
+            ".{0,20}",
+        ]
+        .prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..6)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect::<Map<_, _>>())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn worker_events_never_panic_and_round_trip(value in json()) {
+        if let Ok(parsed) = WorkerEvent::from_value(value) {
+            // What was accepted serializes and is accepted again, the same.
+            let again = serde_json::to_value(&parsed.event).unwrap();
+            prop_assert_eq!(WorkerEvent::from_value(again).unwrap().event, parsed.event);
+        }
+    }
+
+    #[test]
+    fn worker_event_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = WorkerEvent::from_slice(&bytes);
+    }
+
+    #[test]
+    fn leads_frames_and_events_never_panic(value in json(), event in "[a-z_]{0,20}") {
+        let _ = LeadsRequest::from_frame(&value.to_string());
+        let _ = LeadsRequest::from_event(&event, value.clone());
+        if let Ok(request) = LeadsRequest::from_frame(&value.to_string()) {
+            // A valid get_leads gives a query within the limits.
+            if let Ok(query) = LeadsRequest::next_query(&LeadsQuery::default(), &request) {
+                prop_assert!(query.page >= 1);
+                prop_assert!((1..=500).contains(&query.page_size));
+            }
+        }
+    }
+
+    #[test]
+    fn leads_frame_text_never_panics(text in ".{0,200}") {
+        let _ = LeadsRequest::from_frame(&text);
+    }
+
+    #[test]
+    fn filters_normalize_idempotently(value in json()) {
+        let normalized = serde_json::from_value::<LeadFilter>(value)
+            .ok()
+            .and_then(|filter| filter.normalized().ok());
+        if let Some(once) = normalized {
+            prop_assert_eq!(once.clone().normalized().unwrap(), once.clone());
+            let _ = once.words();
+        }
+    }
+
+    #[test]
+    fn crawler_leads_never_panic(value in json(), index in 0usize..1000) {
+        if let Ok(lead) = LeadInput::from_value(value, index) {
+            prop_assert!(!lead.project_id.is_empty());
+            prop_assert!(!lead.title.is_empty());
+        }
+    }
+}
