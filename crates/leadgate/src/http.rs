@@ -62,6 +62,7 @@ impl ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
+        info!(status = %rejection.status(), reason = %rejection.body_text(), "Refused a request body.");
         ApiError::new(rejection.status(), rejection.body_text())
     }
 }

@@ -109,6 +109,7 @@ async fn on_event(
             "too many requests: at most {} a second",
             app.limits.event_rate.per_second
         );
+        info!(sid = %socket.id, event, "Refused a leads request over the rate.");
         return send(&app, &socket, &Frame::error(detail));
     }
     if event == "refresh_token" {

@@ -159,6 +159,11 @@ async fn serve(
                 },
             };
             if !requests.take(app.limits.event_rate) {
+                info!(
+                    path = "/ws/leads/",
+                    client = id,
+                    "Refused a leads request over the rate."
+                );
                 let detail = format!(
                     "too many requests: at most {} a second",
                     app.limits.event_rate.per_second
