@@ -183,6 +183,19 @@ impl Verifier {
         Ok(Verifier { key, validation })
     }
 
+    /// Checks a fresh token offered by a connected `user`: valid, and for the
+    /// same user with the same roles. Returns its expiry.
+    pub fn refresh_for(&self, user: &Principal, token: &str) -> Result<i64, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let fresh = self.verify(token)?;
+        if fresh.sub != user.sub || fresh.admin != user.admin {
+            return Err(AuthError::BadClaims);
+        }
+        Ok(fresh.expires_at)
+    }
+
     /// The algorithm tokens must be signed with.
     pub fn algorithm(&self) -> Algorithm {
         self.validation.algorithms[0]

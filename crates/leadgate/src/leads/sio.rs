@@ -164,15 +164,9 @@ pub(crate) fn refresh(
         Value::Object(map) => map.get("token").and_then(Value::as_str).unwrap_or(""),
         _ => "",
     };
-    if token.is_empty() {
-        return Err(AuthError::Missing);
-    }
-    let fresh = app.verifier.verify(token)?;
-    if fresh.sub != user.sub || fresh.admin != user.admin {
-        return Err(AuthError::BadClaims);
-    }
+    let expires_at = app.verifier.refresh_for(user, token)?;
     if let Some(expiry) = socket.extensions.get::<TokenExpiry>() {
-        expiry.set(fresh.expires_at);
+        expiry.set(expires_at);
     }
-    Ok(fresh.expires_at)
+    Ok(expires_at)
 }
