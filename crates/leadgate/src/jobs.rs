@@ -30,7 +30,7 @@ pub async fn authenticate(
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
     let result = app
-        .admit(peer(parts), &parts.headers)
+        .admit(crate::limits::peer(parts), &parts.headers)
         .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
         .and_then(|token| app.verifier.verify(&token))
         .and_then(|principal| Ok((app.user_slot(&principal.sub)?, principal)));
@@ -60,15 +60,8 @@ pub async fn authenticate(
     }
 }
 
-/// The peer address of a handshake.
-pub fn peer(parts: &axum::http::request::Parts) -> Option<std::net::SocketAddr> {
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0)
-}
-
-/// Refuses a request over the connection's rate; `true` if refused.
+/// Passes the ack on if the request is within the connection's rate;
+/// otherwise refuses the request and returns `None`.
 fn over_rate(
     socket: &SocketRef,
     app: &App,
@@ -79,11 +72,7 @@ fn over_rate(
     if session.allow_request(app.limits.event_rate) {
         return Some(ack);
     }
-    let message = format!(
-        "too many requests: at most {} a second",
-        app.limits.event_rate.per_second
-    );
-    refuse(socket, ack, event, &message);
+    refuse(socket, ack, event, &app.limits.too_many_requests());
     None
 }
 
@@ -201,7 +190,8 @@ async fn refresh_token(
     let Some(ack) = over_rate(&socket, &app, &session, ack, "refresh-token") else {
         return;
     };
-    match crate::leads::sio::refresh(&app, &socket, &session.principal, arg.unwrap_or_default()) {
+    match crate::session::refresh_token(&app, &socket, &session.principal, arg.unwrap_or_default())
+    {
         Ok(_) => {
             debug!(sid = %socket.id, "Token refreshed.");
             let _ = ack.send(&Ack::ok());

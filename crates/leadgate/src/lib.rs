@@ -90,6 +90,16 @@ pub struct Limits {
     pub slow_client_grace: Duration,
 }
 
+impl Limits {
+    /// The refusal of a request over `event_rate`.
+    pub fn too_many_requests(&self) -> String {
+        format!(
+            "too many requests: at most {} a second",
+            self.event_rate.per_second
+        )
+    }
+}
+
 impl Deref for App {
     type Target = AppInner;
     fn deref(&self) -> &AppInner {

@@ -118,6 +118,14 @@ impl PerUser {
     }
 }
 
+/// The peer address of a Socket.IO handshake.
+pub fn peer(parts: &axum::http::request::Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+}
+
 /// The client's address: the peer's, or, when the peer is a trusted proxy,
 /// the last address in `X-Forwarded-For` that is not one. A forwarded
 /// header from anyone else is ignored (it is the client's to forge).

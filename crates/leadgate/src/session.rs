@@ -192,3 +192,27 @@ impl TokenExpiry {
         self.0.store(expires_at, Ordering::Relaxed);
     }
 }
+
+/// Takes a fresh token for a connected Socket.IO socket (`{ token }` or the
+/// token itself): valid, and for the same user. Moves the socket's expiry
+/// and returns it.
+pub(crate) fn refresh_token(
+    app: &crate::App,
+    socket: &socketioxide::extract::SocketRef,
+    user: &Principal,
+    data: serde_json::Value,
+) -> Result<i64, crate::auth::AuthError> {
+    let token = match &data {
+        serde_json::Value::String(token) => token.as_str(),
+        serde_json::Value::Object(map) => map
+            .get("token")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or(""),
+        _ => "",
+    };
+    let expires_at = app.verifier.refresh_for(user, token)?;
+    if let Some(expiry) = socket.extensions.get::<TokenExpiry>() {
+        expiry.set(expires_at);
+    }
+    Ok(expires_at)
+}

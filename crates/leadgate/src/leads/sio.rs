@@ -33,7 +33,7 @@ pub async fn authenticate(
 ) -> Result<(), AuthError> {
     let parts = socket.req_parts();
     let (slot, principal) = app
-        .admit(crate::jobs::peer(parts), &parts.headers)
+        .admit(crate::limits::peer(parts), &parts.headers)
         .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
         .and_then(|token| app.verifier.verify(&token))
         .and_then(|principal| Ok((app.user_slot(&principal.sub)?, principal)))
@@ -105,15 +105,16 @@ async fn on_event(
         .unwrap_or_else(|p| p.into_inner())
         .take(app.limits.event_rate);
     if !allowed {
-        let detail = format!(
-            "too many requests: at most {} a second",
-            app.limits.event_rate.per_second
-        );
         info!(sid = %socket.id, event, "Refused a leads request over the rate.");
-        return send(&app, &socket, &Frame::error(detail));
+        return send(&app, &socket, &Frame::error(app.limits.too_many_requests()));
     }
     if event == "refresh_token" {
-        let frame = match refresh(&app, &socket, &client.principal, data.unwrap_or_default()) {
+        let frame = match crate::session::refresh_token(
+            &app,
+            &socket,
+            &client.principal,
+            data.unwrap_or_default(),
+        ) {
             Ok(expires_at) => Frame::token_refreshed(expires_at),
             Err(e) => Frame::error(e.to_string()),
         };
@@ -149,24 +150,4 @@ fn send(app: &App, socket: &SocketRef, frame: &Frame) {
     if let Err(e) = result {
         tracing::warn!(sid = %socket.id, error = %e, "Dropped a leads message for a socket.");
     }
-}
-
-/// Takes a fresh token for a connected socket (`{ token }` or the token
-/// itself): it must be valid and name the same user. Returns its expiry.
-pub(crate) fn refresh(
-    app: &App,
-    socket: &SocketRef,
-    user: &Principal,
-    data: Value,
-) -> Result<i64, AuthError> {
-    let token = match &data {
-        Value::String(token) => token.as_str(),
-        Value::Object(map) => map.get("token").and_then(Value::as_str).unwrap_or(""),
-        _ => "",
-    };
-    let expires_at = app.verifier.refresh_for(user, token)?;
-    if let Some(expiry) = socket.extensions.get::<TokenExpiry>() {
-        expiry.set(expires_at);
-    }
-    Ok(expires_at)
 }

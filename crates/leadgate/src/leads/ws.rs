@@ -164,31 +164,31 @@ async fn serve(
                     client = id,
                     "Refused a leads request over the rate."
                 );
-                let detail = format!(
-                    "too many requests: at most {} a second",
-                    app.limits.event_rate.per_second
-                );
-                if tx.send(Frame::error(detail)).await.is_err() {
+                if tx
+                    .send(Frame::error(app.limits.too_many_requests()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 continue;
             }
             let frame = match message {
-                Message::Text(text) if is_refresh(text.as_str()) => {
-                    match refresh(&app, &user, text.as_str()) {
+                Message::Text(text) => match refresh_request(text.as_str()) {
+                    Some(token) => match app.verifier.refresh_for(&user, &token) {
                         Ok(fresh) => {
                             expires_at = fresh;
                             Frame::token_refreshed(fresh)
                         }
                         Err(e) => Frame::error(e.to_string()),
-                    }
-                }
-                Message::Text(text) => match LeadsRequest::from_frame(text.as_str()) {
-                    Ok(request) => app.leads.handle(id, &user, request).await,
-                    Err(e) => {
-                        info!(path = "/ws/leads/", client = id, detail = %e, "Refused a leads request.");
-                        Frame::error(e.0)
-                    }
+                    },
+                    None => match LeadsRequest::from_frame(text.as_str()) {
+                        Ok(request) => app.leads.handle(id, &user, request).await,
+                        Err(e) => {
+                            info!(path = "/ws/leads/", client = id, detail = %e, "Refused a leads request.");
+                            Frame::error(e.0)
+                        }
+                    },
                 },
                 Message::Binary(_) => {
                     Frame::error("binary frames are not supported; send JSON text")
@@ -218,15 +218,13 @@ fn expiry_instant(expires_at: i64, leeway: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(left.max(0) as u64)
 }
 
-fn is_refresh(text: &str) -> bool {
-    text.contains("refresh_token")
-        && serde_json::from_str::<serde_json::Value>(text)
-            .is_ok_and(|v| v["type"] == "refresh_token")
-}
-
-/// `{ type: 'refresh_token', token }`: a fresh token for the same user.
-fn refresh(app: &App, user: &Principal, text: &str) -> Result<i64, AuthError> {
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|_| AuthError::Malformed)?;
-    let token = value["token"].as_str().unwrap_or("");
-    app.verifier.refresh_for(user, token)
+/// The token of a `{ type: 'refresh_token', token }` frame (empty if it
+/// has none), or `None` for any other frame.
+fn refresh_request(text: &str) -> Option<String> {
+    if !text.contains("refresh_token") {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    (value["type"] == "refresh_token")
+        .then(|| value["token"].as_str().unwrap_or_default().to_owned())
 }
