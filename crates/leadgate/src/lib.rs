@@ -419,7 +419,9 @@ pub async fn run(
     // Background tasks end whether the server stopped cleanly or not.
     tasks.cancel();
     for task in background {
-        let _ = task.await;
+        if let Err(e) = task.await {
+            warn!(error = %e, "A background task failed.");
+        }
     }
     store.close().await?;
     served?;
