@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Benchmarks leadgate against the Node.js Socket.IO server it replaces, every
+# scenario on both in one run, and prints the figures side by side.
+#
+#   crates/leadgate-bench/run.sh            the full run (about 10 minutes)
+#   crates/leadgate-bench/run.sh --quick    a short run that checks the benchmark works
+#
+# Needs PostgreSQL and Redis (LEADGATE_BENCH_DATABASE_URL,
+# LEADGATE_BENCH_REDIS_URL) and Node.js. BENCH_PROFILE=dev uses debug builds.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+profile=${BENCH_PROFILE:-release}
+cargo build --profile "$profile" -p leadgate -p leadgate-bench
+dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+
+peer=crates/leadgate-bench/node-peer
+if [ ! -d "$peer/node_modules" ] || [ "$peer/package-lock.json" -nt "$peer/node_modules" ]; then
+    (cd "$peer" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+exec "$dir/leadgate-bench" --leadgate-bin "$dir/leadgate" "$@"

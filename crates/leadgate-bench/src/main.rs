@@ -1,0 +1,219 @@
+//! `leadgate-bench`: runs the same Socket.IO load against leadgate and the
+//! Node.js Socket.IO server it replaces, in one run, and prints both side by
+//! side with their ratios. `crates/leadgate-bench/run.sh` builds what it
+//! needs and starts it; BENCHMARKS.md has the figures.
+
+mod clients;
+mod procs;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::procs::{Environment, Kind};
+use crate::report::Run;
+use crate::scenarios::{Bench, Results, Settings};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Benchmarks leadgate against the Node.js Socket.IO peer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+
+    /// A short run of every scenario, to check that the benchmark works
+    /// (the figures mean little).
+    #[arg(long)]
+    quick: bool,
+
+    /// Which gateways to measure.
+    #[arg(long, value_delimiter = ',', default_values = ["leadgate", "node"])]
+    gateways: Vec<Gateway>,
+
+    /// Which scenarios to run.
+    #[arg(long, value_delimiter = ',', default_values = ["idle", "connect", "fanout"])]
+    scenarios: Vec<Scenario>,
+
+    /// The leadgate binary; by default the one beside this program.
+    #[arg(long)]
+    leadgate_bin: Option<PathBuf>,
+
+    /// The Node.js peer's folder (with its node_modules installed).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/node-peer"))]
+    peer_dir: PathBuf,
+
+    /// PostgreSQL database of the run; created if missing, its jobs
+    /// replaced.
+    #[arg(
+        long,
+        env = "LEADGATE_BENCH_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/leadgate_bench"
+    )]
+    database_url: String,
+
+    #[arg(
+        long,
+        env = "LEADGATE_BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+
+    /// Where the results go as JSON, and the servers' logs beside them.
+    #[arg(long, default_value = "target/bench/results.json")]
+    json: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// A client process, started by the benchmark itself.
+    #[command(hide = true)]
+    Clients,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Gateway {
+    Leadgate,
+    Node,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Idle,
+    Connect,
+    /// Fan-out, then latency, on the same clients.
+    Fanout,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Each connection is a file; the hard limit is what the machine allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("could not raise the open-files limit: {e}");
+    }
+    let result = match cli.command {
+        Some(Internal::Clients) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, clients::run()).map(|()| true)
+            }),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(compare(cli))),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("leadgate-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every chosen scenario on every chosen gateway; `Ok(false)` when a
+/// gateway lost, duplicated or refused anything.
+async fn compare(cli: Cli) -> anyhow::Result<bool> {
+    let settings = if cli.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    let leadgate_bin = match cli.leadgate_bin {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("locating the leadgate binary")?
+            .join("leadgate"),
+    };
+    if cli.gateways.contains(&Gateway::Leadgate) && !leadgate_bin.exists() {
+        anyhow::bail!(
+            "no leadgate binary at {}; build it with `cargo build --release -p leadgate`",
+            leadgate_bin.display()
+        );
+    }
+    if cli.gateways.contains(&Gateway::Node) && !cli.peer_dir.join("node_modules").exists() {
+        anyhow::bail!(
+            "the Node.js peer's packages are not installed; run `npm ci` in {}",
+            cli.peer_dir.display()
+        );
+    }
+    let log_dir = cli
+        .json
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&log_dir)?;
+    scenarios::check_redis(&cli.redis_url).await?;
+    let jobs = scenarios::seed_jobs(&cli.database_url, settings.jobs).await?;
+    let env = Environment {
+        leadgate_bin,
+        peer_dir: cli.peer_dir,
+        database_url: cli.database_url,
+        redis_url: cli.redis_url,
+        redis_prefix: "leadgate-bench:".into(),
+        jwt_secret: format!("benchmark-secret-{}", uuid::Uuid::new_v4()),
+        log_dir,
+    };
+    let mut bench = Bench::new(env, settings, jobs);
+    let kinds: Vec<Kind> = cli
+        .gateways
+        .iter()
+        .map(|gateway| match gateway {
+            Gateway::Leadgate => Kind::Leadgate,
+            Gateway::Node => Kind::Node,
+        })
+        .collect();
+    let mut run = Run::new(cli.quick, bench.settings.clone());
+
+    // Scenario by scenario, each gateway in turn, so that a slow drift of
+    // the machine touches both alike.
+    if cli.scenarios.contains(&Scenario::Idle) {
+        for n in bench.settings.idle_sizes.clone() {
+            for &kind in &kinds {
+                eprintln!("idle: {} with {n} connections", kind.name());
+                let results = run.results_mut(kind);
+                let idle = bench.idle(kind, n, &mut results.faults).await?;
+                results.idle.push(idle);
+            }
+        }
+    }
+    if cli.scenarios.contains(&Scenario::Connect) {
+        for &kind in &kinds {
+            eprintln!("connect: {}", kind.name());
+            let results = run.results_mut(kind);
+            results.connect = Some(bench.connect(kind, &mut results.faults).await?);
+        }
+    }
+    if cli.scenarios.contains(&Scenario::Fanout) {
+        for &kind in &kinds {
+            eprintln!("fan-out and latency: {}", kind.name());
+            let results = run.results_mut(kind);
+            let (fanout, latency) = bench.fanout_and_latency(kind, &mut results.faults).await?;
+            results.fanout = Some(fanout);
+            results.latency = Some(latency);
+        }
+    }
+
+    print!("{}", run.table());
+    std::fs::write(&cli.json, serde_json::to_vec_pretty(&run)?)?;
+    eprintln!("results written to {}", cli.json.display());
+    let clean = run
+        .gateways
+        .values()
+        .all(|results: &Results| results.faults.is_clean());
+    if !clean {
+        eprintln!("a gateway lost, duplicated or refused something: see `faults` above");
+    }
+    Ok(clean)
+}

@@ -1,0 +1,245 @@
+//! The results of a run: JSON for machines, a table with ratios and targets
+//! for people.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::procs::Kind;
+use crate::scenarios::{Results, Settings};
+
+#[derive(Debug, Serialize)]
+pub struct Run {
+    pub quick: bool,
+    pub machine: Machine,
+    pub settings: Settings,
+    /// By gateway name: `leadgate`, `node`.
+    pub gateways: BTreeMap<&'static str, Results>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub node: String,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|line| line.strip_prefix("model name"))
+            .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_kib: f64 = meminfo
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let output = |program: &str, arg: &str| {
+            std::process::Command::new(program)
+                .arg(arg)
+                .output()
+                .ok()
+                .and_then(|out| String::from_utf8(out.stdout).ok())
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: memory_kib / 1024.0 / 1024.0,
+            kernel: output("uname", "-r"),
+            node: output("node", "--version"),
+        }
+    }
+}
+
+/// Which way a figure should go, and how far, for a row's verdict.
+enum Target {
+    /// leadgate / node at most this.
+    RatioAtMost(f64),
+    /// leadgate / node at least this.
+    RatioAtLeast(f64),
+    /// leadgate's own figure at most this.
+    ValueAtMost(f64),
+    None,
+}
+
+impl Run {
+    pub fn new(quick: bool, settings: Settings) -> Run {
+        Run {
+            quick,
+            machine: Machine::read(),
+            settings,
+            gateways: BTreeMap::new(),
+        }
+    }
+
+    pub fn results_mut(&mut self, kind: Kind) -> &mut Results {
+        self.gateways.entry(kind.name()).or_default()
+    }
+
+    /// The readable table: a row per figure, both gateways, their ratio and
+    /// the target it is held to.
+    pub fn table(&self) -> String {
+        let empty = Results::default();
+        let lg = self.gateways.get("leadgate").unwrap_or(&empty);
+        let node = self.gateways.get("node").unwrap_or(&empty);
+        let mut rows: Vec<(String, Option<f64>, Option<f64>, Target)> = Vec::new();
+        let sizes: Vec<usize> = lg
+            .idle
+            .iter()
+            .chain(&node.idle)
+            .map(|idle| idle.connections)
+            .collect();
+        for &n in &self.settings.idle_sizes {
+            let find = |r: &Results| {
+                r.idle
+                    .iter()
+                    .find(|idle| idle.connections == n)
+                    .map(|idle| idle.kib_per_connection)
+            };
+            if sizes.contains(&n) {
+                rows.push((
+                    format!("idle: KiB RSS per connection, N={n}"),
+                    find(lg),
+                    find(node),
+                    Target::RatioAtMost(0.5),
+                ));
+            }
+        }
+        if lg.connect.is_some() || node.connect.is_some() {
+            rows.push((
+                "connect: authenticated connects/s".into(),
+                lg.connect.as_ref().map(|c| c.per_second),
+                node.connect.as_ref().map(|c| c.per_second),
+                Target::RatioAtLeast(3.0),
+            ));
+        }
+        if lg.fanout.is_some() || node.fanout.is_some() {
+            let f = |r: &Results, get: fn(&crate::scenarios::FanoutResult) -> f64| {
+                r.fanout.as_ref().map(get)
+            };
+            rows.push((
+                "fan-out: deliveries/s".into(),
+                f(lg, |f| f.delivered_per_second),
+                f(node, |f| f.delivered_per_second),
+                Target::RatioAtLeast(5.0),
+            ));
+            rows.push((
+                "fan-out: server CPU µs per delivery".into(),
+                f(lg, |f| f.server_cpu_us_per_delivery),
+                f(node, |f| f.server_cpu_us_per_delivery),
+                Target::RatioAtMost(0.2),
+            ));
+            rows.push((
+                "fan-out: server cores busy".into(),
+                f(lg, |f| f.server_cores),
+                f(node, |f| f.server_cores),
+                Target::None,
+            ));
+            rows.push((
+                "fan-out: load generator cores busy".into(),
+                f(lg, |f| f.generator_cores),
+                f(node, |f| f.generator_cores),
+                Target::None,
+            ));
+        }
+        if lg.latency.is_some() || node.latency.is_some() {
+            let l = |r: &Results, get: fn(&crate::scenarios::LatencyResult) -> f64| {
+                r.latency.as_ref().map(get)
+            };
+            let rate = self.settings.latency_rate;
+            rows.push((
+                format!("latency at {rate}/s: deliveries/s"),
+                l(lg, |l| l.delivered_per_second),
+                l(node, |l| l.delivered_per_second),
+                Target::None,
+            ));
+            for (name, get, target) in [
+                (
+                    "p50",
+                    (|l: &crate::scenarios::LatencyResult| l.p50_ms) as fn(&_) -> f64,
+                    Target::None,
+                ),
+                ("p90", |l| l.p90_ms, Target::None),
+                ("p99", |l| l.p99_ms, Target::ValueAtMost(10.0)),
+                ("max", |l| l.max_ms, Target::None),
+            ] {
+                rows.push((
+                    format!("latency at {rate}/s: {name} ms"),
+                    l(lg, get),
+                    l(node, get),
+                    target,
+                ));
+            }
+        }
+
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n{:<44} {:>12} {:>12} {:>9}  target",
+            "", "leadgate", "node", "ratio"
+        );
+        for (name, lg, node, target) in rows {
+            let ratio = match (lg, node) {
+                (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+                _ => None,
+            };
+            let verdict = match target {
+                Target::RatioAtMost(max) => {
+                    format!("≤ {max}× {}", mark(ratio.map(|r| r <= max)))
+                }
+                Target::RatioAtLeast(min) => {
+                    format!("≥ {min}× {}", mark(ratio.map(|r| r >= min)))
+                }
+                Target::ValueAtMost(max) => format!("≤ {max} {}", mark(lg.map(|v| v <= max))),
+                Target::None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<44} {:>12} {:>12} {:>9}  {}",
+                name,
+                figure(lg),
+                figure(node),
+                ratio.map_or("-".into(), |r| format!("{r:.2}×")),
+                verdict
+            );
+        }
+        for (name, results) in &self.gateways {
+            if !results.faults.is_clean() {
+                let _ = writeln!(out, "faults of {name}: {:?}", results.faults);
+            }
+        }
+        if self.quick {
+            let _ = writeln!(
+                out,
+                "(quick run: the sizes are small and the figures are not comparable to a full run)"
+            );
+        }
+        out
+    }
+}
+
+fn figure(value: Option<f64>) -> String {
+    match value {
+        None => "-".into(),
+        Some(v) if v.abs() >= 1000.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+fn mark(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "",
+    }
+}

@@ -1,0 +1,712 @@
+//! The scenarios, each run the same way against either gateway.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use jsonwebtoken::{EncodingKey, Header};
+use redis::AsyncCommands;
+use serde::Serialize;
+
+use crate::clients::{ClientSpec, Command, Plan, Report, Stats, new_histogram, now_micros};
+use crate::procs::{ClientProc, Environment, Kind, Server, Usage, clock_ticks_per_second};
+
+/// Sizes and durations of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub idle_sizes: Vec<usize>,
+    pub connect_count: usize,
+    pub fanout_clients: usize,
+    pub jobs: usize,
+    pub measure: Duration,
+    pub settle: Duration,
+    /// Deliveries a second in the latency scenario.
+    pub latency_rate: u64,
+    /// Connections one client process holds at most.
+    pub per_process: usize,
+}
+
+impl Settings {
+    pub fn full() -> Settings {
+        Settings {
+            idle_sizes: vec![1_000, 10_000, 19_000],
+            connect_count: 10_000,
+            fanout_clients: 10_000,
+            jobs: 1_000,
+            measure: Duration::from_secs(10),
+            settle: Duration::from_secs(3),
+            latency_rate: 20_000,
+            per_process: 7_000,
+        }
+    }
+
+    /// Small enough to run on every CI run, large enough to exercise every
+    /// path: several client processes, two instances, Redis.
+    pub fn quick() -> Settings {
+        Settings {
+            idle_sizes: vec![300],
+            connect_count: 300,
+            fanout_clients: 400,
+            jobs: 40,
+            measure: Duration::from_secs(2),
+            settle: Duration::from_millis(500),
+            latency_rate: 2_000,
+            per_process: 250,
+        }
+    }
+}
+
+/// The jobs of a run: `(job id, owner)`.
+pub type Jobs = Vec<(String, String)>;
+
+pub struct Bench {
+    pub env: Environment,
+    pub settings: Settings,
+    pub jobs: Jobs,
+    next_port: u16,
+    next_source: u8,
+    ticks_per_second: u64,
+    encoding_key: EncodingKey,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    pub connections: usize,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub kib_per_connection: f64,
+    pub setup_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectResult {
+    pub connections: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FanoutResult {
+    pub clients: usize,
+    pub jobs: usize,
+    pub seconds: f64,
+    pub published: u64,
+    pub delivered: u64,
+    pub delivered_per_second: f64,
+    /// Both instances' CPU time over the deliveries, in microseconds each.
+    pub server_cpu_us_per_delivery: f64,
+    /// Cores the two instances kept busy, on average.
+    pub server_cores: f64,
+    /// Cores the client processes and the publisher kept busy.
+    pub generator_cores: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyResult {
+    pub target_per_second: u64,
+    pub delivered_per_second: f64,
+    pub delivered: u64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// What went wrong in a run without stopping it.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Faults {
+    pub failed_connections: u64,
+    pub missed: u64,
+    pub duplicated: u64,
+    pub resyncs: u64,
+    pub errors: u64,
+    pub closed: u64,
+    pub first_error: Option<String>,
+}
+
+impl Faults {
+    pub fn is_clean(&self) -> bool {
+        self.failed_connections == 0
+            && self.missed == 0
+            && self.duplicated == 0
+            && self.resyncs == 0
+            && self.errors == 0
+            && self.closed == 0
+    }
+
+    fn add_stats(&mut self, stats: &Stats) {
+        self.missed += stats.missed;
+        self.duplicated += stats.duplicated;
+        self.resyncs += stats.resyncs;
+        self.errors += stats.errors;
+        self.closed += stats.closed;
+    }
+
+    fn add_ready(&mut self, ready: &Ready) {
+        self.failed_connections += ready.failed;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&ready.first_error);
+        }
+    }
+}
+
+/// Every result of one gateway.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Results {
+    pub idle: Vec<IdleResult>,
+    pub connect: Option<ConnectResult>,
+    pub fanout: Option<FanoutResult>,
+    pub latency: Option<LatencyResult>,
+    pub faults: Faults,
+}
+
+struct Ready {
+    connected: u64,
+    failed: u64,
+    seconds: f64,
+    first_error: Option<String>,
+}
+
+/// The client processes of one scenario.
+struct Fleet {
+    procs: Vec<ClientProc>,
+}
+
+impl Fleet {
+    async fn spawn(plans: Vec<Plan>) -> anyhow::Result<Fleet> {
+        let mut procs = Vec::with_capacity(plans.len());
+        for plan in &plans {
+            procs.push(ClientProc::spawn(plan).await?);
+        }
+        Ok(Fleet { procs })
+    }
+
+    /// Tells every process to connect and waits until all are done.
+    async fn go(&mut self) -> anyhow::Result<Ready> {
+        let started = Instant::now();
+        for proc in &mut self.procs {
+            proc.send(&Command::Go).await?;
+        }
+        let mut ready = Ready {
+            connected: 0,
+            failed: 0,
+            seconds: 0.0,
+            first_error: None,
+        };
+        for proc in &mut self.procs {
+            match proc.next_report(Duration::from_secs(300)).await? {
+                Report::Ready {
+                    connected,
+                    failed,
+                    first_error,
+                    ..
+                } => {
+                    ready.connected += connected;
+                    ready.failed += failed;
+                    if ready.first_error.is_none() {
+                        ready.first_error = first_error;
+                    }
+                }
+                other => bail!("expected a client process to be ready, got {other:?}"),
+            }
+        }
+        ready.seconds = started.elapsed().as_secs_f64();
+        Ok(ready)
+    }
+
+    async fn reset(&mut self) -> anyhow::Result<()> {
+        for proc in &mut self.procs {
+            proc.send(&Command::Reset).await?;
+        }
+        Ok(())
+    }
+
+    /// Every process's counters, summed, and their latencies merged.
+    async fn stats(&mut self) -> anyhow::Result<(Stats, Histogram<u64>)> {
+        let mut total = Stats::default();
+        let mut latency = new_histogram();
+        for proc in &mut self.procs {
+            let stats = proc.stats().await?;
+            total.delivered += stats.delivered;
+            total.missed += stats.missed;
+            total.duplicated += stats.duplicated;
+            total.resyncs += stats.resyncs;
+            total.errors += stats.errors;
+            total.closed += stats.closed;
+            for &(value, count) in &stats.latency_us {
+                latency.saturating_record_n(value, count);
+            }
+        }
+        Ok((total, latency))
+    }
+
+    fn delivered(&self) -> u64 {
+        self.procs
+            .iter()
+            .map(|proc| proc.delivered.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn cpu_ticks(&self) -> u64 {
+        self.procs
+            .iter()
+            .filter_map(|proc| proc.usage().ok())
+            .map(|usage| usage.cpu_ticks)
+            .sum()
+    }
+
+    async fn quit(self) {
+        for proc in self.procs {
+            proc.quit().await;
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+impl Bench {
+    pub fn new(env: Environment, settings: Settings, jobs: Jobs) -> Bench {
+        let encoding_key = EncodingKey::from_secret(env.jwt_secret.as_bytes());
+        Bench {
+            env,
+            settings,
+            jobs,
+            next_port: 31_000,
+            next_source: 10,
+            ticks_per_second: clock_ticks_per_second(),
+            encoding_key,
+        }
+    }
+
+    fn port(&mut self) -> u16 {
+        self.next_port += 1;
+        self.next_port
+    }
+
+    /// A fresh loopback source address for each client process, so that
+    /// no scenario runs short of local ports or meets the TIME_WAIT sockets
+    /// of the one before.
+    fn source(&mut self) -> IpAddr {
+        self.next_source = if self.next_source >= 250 {
+            10
+        } else {
+            self.next_source + 1
+        };
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, self.next_source))
+    }
+
+    fn token(&self, sub: &str) -> anyhow::Result<String> {
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 6 * 3600;
+        Ok(jsonwebtoken::encode(
+            &Header::default(),
+            &Claims { sub, exp },
+            &self.encoding_key,
+        )?)
+    }
+
+    /// `count` clients, client `i` on job `i % jobs` with its owner's token,
+    /// split over processes of at most `per_process` clients. With several
+    /// targets, a job's subscribers are spread over all of them.
+    fn plans(
+        &mut self,
+        count: usize,
+        targets: &[SocketAddr],
+        subscribe: bool,
+        min_processes: usize,
+    ) -> anyhow::Result<Vec<Plan>> {
+        let per_process = self.settings.per_process;
+        let processes = count.div_ceil(per_process).max(min_processes);
+        let jobs = self.jobs.len();
+        let mut plans: Vec<Plan> = (0..processes)
+            .map(|_| Plan {
+                targets: targets.to_vec(),
+                source: self.source(),
+                clients: Vec::with_capacity(count / processes + 1),
+                concurrency: 128,
+            })
+            .collect();
+        for i in 0..count {
+            let (job, owner) = &self.jobs[i % jobs];
+            plans[i % processes].clients.push(ClientSpec {
+                token: self.token(owner)?,
+                job: subscribe.then(|| job.clone()),
+                target: (i / jobs) % targets.len(),
+            });
+        }
+        Ok(plans)
+    }
+
+    async fn start(&mut self, kind: Kind) -> anyhow::Result<Server> {
+        let port = self.port();
+        Server::start(kind, port, &self.env).await
+    }
+
+    /// Connects, subscribes and disconnects a few clients, so that what a
+    /// gateway sets up once (pools, caches, code paths) is not counted as
+    /// the cost of the measured connections.
+    async fn warm_up(&mut self, server: &Server) -> anyhow::Result<()> {
+        let plans = self.plans(100.min(self.jobs.len()), &[server.addr], true, 1)?;
+        let mut fleet = Fleet::spawn(plans).await?;
+        let ready = fleet.go().await?;
+        if ready.failed > 0 {
+            bail!(
+                "warming up {} failed: {}",
+                server.kind.name(),
+                ready.first_error.unwrap_or_default()
+            );
+        }
+        fleet.quit().await;
+        tokio::time::sleep(self.settings.settle).await;
+        Ok(())
+    }
+
+    /// Idle: `n` connections, each subscribed to one job; the server's RSS
+    /// growth divided by `n`.
+    pub async fn idle(
+        &mut self,
+        kind: Kind,
+        n: usize,
+        faults: &mut Faults,
+    ) -> anyhow::Result<IdleResult> {
+        let server = self.start(kind).await?;
+        self.warm_up(&server).await?;
+        let before = server.usage()?;
+        let plans = self.plans(n, &[server.addr], true, 1)?;
+        let mut fleet = Fleet::spawn(plans).await?;
+        let ready = fleet.go().await?;
+        faults.add_ready(&ready);
+        tokio::time::sleep(self.settings.settle).await;
+        let after = server.usage()?;
+        let (stats, _) = fleet.stats().await?;
+        faults.add_stats(&stats);
+        fleet.quit().await;
+        server.stop().await;
+        Ok(IdleResult {
+            connections: ready.connected as usize,
+            rss_before_kib: before.rss_kib,
+            rss_after_kib: after.rss_kib,
+            kib_per_connection: (after.rss_kib as f64 - before.rss_kib as f64)
+                / ready.connected.max(1) as f64,
+            setup_seconds: ready.seconds,
+        })
+    }
+
+    /// Connect: authenticated Socket.IO connects a second to one instance,
+    /// two client processes setting up 128 connections at a time each.
+    pub async fn connect(
+        &mut self,
+        kind: Kind,
+        faults: &mut Faults,
+    ) -> anyhow::Result<ConnectResult> {
+        let server = self.start(kind).await?;
+        self.warm_up(&server).await?;
+        let plans = self.plans(self.settings.connect_count, &[server.addr], false, 2)?;
+        let mut fleet = Fleet::spawn(plans).await?;
+        let ready = fleet.go().await?;
+        faults.add_ready(&ready);
+        fleet.quit().await;
+        server.stop().await;
+        Ok(ConnectResult {
+            connections: ready.connected,
+            seconds: ready.seconds,
+            per_second: ready.connected as f64 / ready.seconds,
+        })
+    }
+
+    /// Fan-out and latency, on two instances behind Redis with the same
+    /// clients: first as fast as the servers absorb events, then at a fixed
+    /// rate.
+    pub async fn fanout_and_latency(
+        &mut self,
+        kind: Kind,
+        faults: &mut Faults,
+    ) -> anyhow::Result<(FanoutResult, LatencyResult)> {
+        let servers = [self.start(kind).await?, self.start(kind).await?];
+        for server in &servers {
+            self.warm_up(server).await?;
+        }
+        let clients = self.settings.fanout_clients;
+        let targets: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
+        let plans = self.plans(clients, &targets, true, 2)?;
+        let mut fleet = Fleet::spawn(plans).await?;
+        let ready = fleet.go().await?;
+        faults.add_ready(&ready);
+        if ready.connected as usize != clients {
+            bail!(
+                "only {} of {clients} clients connected to {}: {}",
+                ready.connected,
+                kind.name(),
+                ready.first_error.unwrap_or_default()
+            );
+        }
+        let mut publisher = Publisher::connect(&self.env, &self.jobs, clients).await?;
+
+        // As fast as they absorb: keep a bounded number of deliveries in
+        // flight, a few per client, so no queue anywhere overflows.
+        let window = 4 * clients as u64;
+        publisher
+            .closed_loop(&fleet, window, self.settings.measure / 4)
+            .await?;
+        let server_before: u64 = usage_sum(&servers)?.cpu_ticks;
+        let generator_before = fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks;
+        let delivered_before = fleet.delivered();
+        let published_before = publisher.published;
+        let started = Instant::now();
+        publisher
+            .closed_loop(&fleet, window, self.settings.measure)
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let delivered = fleet.delivered() - delivered_before;
+        let server_ticks = usage_sum(&servers)?.cpu_ticks - server_before;
+        let generator_ticks =
+            fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
+        publisher.drain(&fleet).await?;
+        let (stats, _) = fleet.stats().await?;
+        faults.add_stats(&stats);
+        let ticks = self.ticks_per_second as f64;
+        let fanout = FanoutResult {
+            clients,
+            jobs: self.jobs.len(),
+            seconds,
+            published: publisher.published - published_before,
+            delivered,
+            delivered_per_second: delivered as f64 / seconds,
+            server_cpu_us_per_delivery: server_ticks as f64 / ticks * 1e6 / delivered.max(1) as f64,
+            server_cores: server_ticks as f64 / ticks / seconds,
+            generator_cores: generator_ticks as f64 / ticks / seconds,
+        };
+
+        fleet.reset().await?;
+        let rate = self.settings.latency_rate;
+        let started = Instant::now();
+        let delivered_before = fleet.delivered();
+        publisher.fixed_rate(rate, self.settings.measure).await?;
+        publisher.drain(&fleet).await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let delivered = fleet.delivered() - delivered_before;
+        let (stats, latency) = fleet.stats().await?;
+        faults.add_stats(&stats);
+        let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
+        let latency = LatencyResult {
+            target_per_second: rate,
+            delivered_per_second: delivered as f64 / seconds,
+            delivered,
+            p50_ms: ms(0.50),
+            p90_ms: ms(0.90),
+            p99_ms: ms(0.99),
+            max_ms: latency.max() as f64 / 1000.0,
+        };
+        fleet.quit().await;
+        for server in servers {
+            server.stop().await;
+        }
+        Ok((fanout, latency))
+    }
+}
+
+fn usage_sum(servers: &[Server]) -> anyhow::Result<Usage> {
+    let mut sum = Usage::default();
+    for server in servers {
+        let usage = server.usage()?;
+        sum.rss_kib += usage.rss_kib;
+        sum.cpu_ticks += usage.cpu_ticks;
+    }
+    Ok(sum)
+}
+
+/// Publishes job events the way a worker does: `PUBLISH <prefix>job:<id>`
+/// with a `job-update` payload carrying the next `seq` of its job. Each log
+/// line carries its publish time, which the clients subtract from their
+/// receipt time.
+struct Publisher {
+    redis: redis::aio::MultiplexedConnection,
+    channels: Vec<String>,
+    job_ids: Vec<String>,
+    seqs: Vec<u64>,
+    next_job: usize,
+    /// Subscribers of each job.
+    fan: u64,
+    published: u64,
+    /// Deliveries expected in all: `published * fan`.
+    expected: u64,
+}
+
+impl Publisher {
+    async fn connect(env: &Environment, jobs: &Jobs, clients: usize) -> anyhow::Result<Publisher> {
+        let client = redis::Client::open(env.redis_url.as_str())?;
+        let redis = client
+            .get_multiplexed_async_connection()
+            .await
+            .context("connecting the publisher to Redis")?;
+        if clients % jobs.len() != 0 {
+            bail!("clients must be a multiple of jobs, so every job has as many subscribers");
+        }
+        Ok(Publisher {
+            redis,
+            channels: jobs
+                .iter()
+                .map(|(id, _)| format!("{}job:{id}", env.redis_prefix))
+                .collect(),
+            job_ids: jobs.iter().map(|(id, _)| id.clone()).collect(),
+            seqs: vec![0; jobs.len()],
+            next_job: 0,
+            fan: (clients / jobs.len()) as u64,
+            published: 0,
+            expected: 0,
+        })
+    }
+
+    /// Publishes `count` events, one job after the other, in one pipeline.
+    async fn publish(&mut self, count: usize) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        let sent = now_micros();
+        for _ in 0..count {
+            let job = self.next_job;
+            self.next_job = (self.next_job + 1) % self.channels.len();
+            self.seqs[job] += 1;
+            let payload = format!(
+                r#"{{"type":"log","jobId":"{}","seq":{},"log":{{"level":"info","message":"t={sent} enriched lead {} of the benchmark","timestamp":"2026-11-22T10:00:00.000Z"}}}}"#,
+                self.job_ids[job], self.seqs[job], self.seqs[job]
+            );
+            pipe.publish(&self.channels[job], payload).ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis)
+            .await
+            .context("publishing to Redis")?;
+        self.published += count as u64;
+        self.expected += count as u64 * self.fan;
+        Ok(())
+    }
+
+    /// Publishes for `length`, keeping at most `window` deliveries in
+    /// flight.
+    async fn closed_loop(
+        &mut self,
+        fleet: &Fleet,
+        window: u64,
+        length: Duration,
+    ) -> anyhow::Result<()> {
+        let batch = (window / self.fan / 8).clamp(1, 500) as usize;
+        let deadline = Instant::now() + length;
+        while Instant::now() < deadline {
+            let in_flight = self.expected_backlog(fleet);
+            if in_flight + batch as u64 * self.fan <= window {
+                self.publish(batch).await?;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deliveries published but not yet received.
+    fn expected_backlog(&self, fleet: &Fleet) -> u64 {
+        self.expected.saturating_sub(fleet.delivered())
+    }
+
+    /// Publishes `per_second / fan` events a second for `length`, a batch
+    /// every millisecond.
+    async fn fixed_rate(&mut self, per_second: u64, length: Duration) -> anyhow::Result<()> {
+        let events_per_second = (per_second / self.fan).max(1);
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sent = 0u64;
+        while started.elapsed() < length {
+            tick.tick().await;
+            let due = (started.elapsed().as_secs_f64() * events_per_second as f64) as u64;
+            if due > sent {
+                self.publish((due - sent) as usize).await?;
+                sent = due;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every published event has reached every subscriber, or
+    /// 15 s have passed.
+    async fn drain(&self, fleet: &Fleet) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while fleet.delivered() < self.expected {
+            if Instant::now() > deadline {
+                // What is missing shows up in the faults.
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Empties the benchmark database's jobs and creates `count`, each owned by
+/// its own user.
+pub async fn seed_jobs(database_url: &str, count: usize) -> anyhow::Result<Jobs> {
+    create_database(database_url).await?;
+    let store = leadgate_store::Store::connect(database_url)
+        .await
+        .with_context(|| format!("connecting to {database_url}"))?;
+    store.migrate().await?;
+    {
+        use sea_orm::ConnectionTrait;
+        let db = sea_orm::Database::connect(database_url).await?;
+        db.execute_unprepared("TRUNCATE jobs, job_logs").await?;
+        db.close().await?;
+    }
+    let mut jobs = Vec::with_capacity(count);
+    for i in 0..count {
+        let owner = format!("bench-user-{i}");
+        let id = store.create_job(&owner, 100).await?;
+        jobs.push((id.to_string(), owner));
+    }
+    store.close().await?;
+    Ok(jobs)
+}
+
+/// Creates the database named in a PostgreSQL URL if it does not exist.
+async fn create_database(database_url: &str) -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait;
+    let (server, name) = database_url
+        .rsplit_once('/')
+        .context("the database URL names no database")?;
+    let name = name.split('?').next().unwrap_or(name);
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("the benchmark database name {name:?} must be letters, digits and _");
+    }
+    let admin = sea_orm::Database::connect(format!("{server}/postgres"))
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {server}; is it running? (pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start)"
+            )
+        })?;
+    let exists = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            admin.get_database_backend(),
+            format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"),
+        ))
+        .await?
+        .is_some();
+    if !exists {
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+/// Checks that Redis answers, with a hint when it does not.
+pub async fn check_redis(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await.with_context(|| {
+        format!("connecting to Redis at {url}; is it running? (redis-server --daemonize yes --port 6379 --save '' --appendonly no)")
+    })?;
+    let _: String = conn.ping().await?;
+    Ok(())
+}
