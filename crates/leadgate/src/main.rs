@@ -165,10 +165,24 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     leadgate::run(config, listener, shutdown_signal()).await
+}
+
+/// Binds the listening socket with a deep accept queue. The standard
+/// backlog of 128 overflows when a few hundred clients connect at once, as
+/// they do when an instance goes away and its clients reconnect to another:
+/// the kernel drops their SYNs and each waits a full second to try again.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    const BACKLOG: u32 = 4096; // the kernel caps it at net.core.somaxconn
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 async fn migrate(config: Config) -> anyhow::Result<()> {
