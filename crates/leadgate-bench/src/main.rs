@@ -40,6 +40,10 @@ struct Cli {
     #[arg(long, value_delimiter = ',', default_values = ["idle", "connect", "fanout"])]
     scenarios: Vec<Scenario>,
 
+    /// Connection counts of the idle scenario, instead of the defaults.
+    #[arg(long, value_delimiter = ',')]
+    idle_sizes: Vec<usize>,
+
     /// The leadgate binary; by default the one beside this program.
     #[arg(long)]
     leadgate_bin: Option<PathBuf>,
@@ -124,11 +128,14 @@ fn main() -> ExitCode {
 /// Runs every chosen scenario on every chosen gateway; `Ok(false)` when a
 /// gateway lost, duplicated or refused anything.
 async fn compare(cli: Cli) -> anyhow::Result<bool> {
-    let settings = if cli.quick {
+    let mut settings = if cli.quick {
         Settings::quick()
     } else {
         Settings::full()
     };
+    if !cli.idle_sizes.is_empty() {
+        settings.idle_sizes = cli.idle_sizes.clone();
+    }
     let leadgate_bin = match cli.leadgate_bin {
         Some(path) => path,
         None => std::env::current_exe()?

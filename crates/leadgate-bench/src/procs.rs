@@ -133,7 +133,21 @@ impl Server {
         Usage::of(self.pid)
     }
 
+    /// Asks the server to stop (SIGTERM) and kills it if it has not within
+    /// ten seconds.
     pub async fn stop(mut self) {
+        let asked = tokio::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status()
+            .await
+            .is_ok_and(|status| status.success());
+        if asked
+            && tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_ok()
+        {
+            return;
+        }
         let _ = self.child.kill().await;
     }
 }
