@@ -82,3 +82,7 @@ for backend in sqlite postgres; do
   echo "==> browser tests: the examples in headless Chromium ($backend)"
   LEADGATE_TEST_BACKEND=$backend node --test --test-concurrency=3 tests/browser/
 done
+
+echo "==> benchmark, quick run: every scenario on leadgate and the Node.js peer"
+LEADGATE_BENCH_DATABASE_URL="${postgres_url%/*}/leadgate_bench" LEADGATE_BENCH_REDIS_URL="$redis_url" \
+  BENCH_PROFILE=dev crates/leadgate-bench/run.sh --quick --json target/bench/quick.json

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use leadgate_protocol::{JobStatus, JobUpdate};
+use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::Notify;
@@ -251,6 +252,8 @@ impl Hub {
         };
         let mut sent = 0;
         let mut gap = false;
+        // Encoded once, when the first socket takes it, for every socket.
+        let mut encoded: Option<Box<RawValue>> = None;
         for sub in subs.iter_mut() {
             match &mut sub.state {
                 State::Pending {
@@ -263,13 +266,23 @@ impl Hub {
                     }
                 }
                 State::Active { last_seq } if update.seq == *last_seq + 1 => {
+                    let payload = match &encoded {
+                        Some(payload) => payload,
+                        None => match serde_json::value::to_raw_value(update) {
+                            Ok(payload) => encoded.insert(payload),
+                            Err(e) => {
+                                tracing::error!(job = %update.job_id, error = %e, "Could not encode a job update.");
+                                return sent;
+                            }
+                        },
+                    };
                     let before = *last_seq;
                     *last_seq = update.seq;
                     if send(
                         &self.metrics,
                         &sub.socket,
                         "job-update",
-                        update,
+                        payload,
                         update.job_id,
                     ) {
                         sent += 1;
