@@ -174,7 +174,11 @@ async fn engine_io_answers(addr: SocketAddr) -> bool {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     pub rss_kib: u64,
+    /// User and system time together.
     pub cpu_ticks: u64,
+    /// System time: the kernel's work on the process's behalf, on loopback
+    /// including the receiving side of every TCP segment it sends.
+    pub system_ticks: u64,
 }
 
 impl Usage {
@@ -195,6 +199,7 @@ impl Usage {
         Ok(Usage {
             rss_kib,
             cpu_ticks: utime + stime,
+            system_ticks: stime,
         })
     }
 }

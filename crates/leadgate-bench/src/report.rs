@@ -139,6 +139,22 @@ impl Run {
                 Target::RatioAtMost(0.2),
             ));
             rows.push((
+                "  of which in the kernel (sending)".into(),
+                f(lg, |f| f.server_system_us_per_delivery),
+                f(node, |f| f.server_system_us_per_delivery),
+                Target::None,
+            ));
+            rows.push((
+                "  of which in user space".into(),
+                f(lg, |f| {
+                    f.server_cpu_us_per_delivery - f.server_system_us_per_delivery
+                }),
+                f(node, |f| {
+                    f.server_cpu_us_per_delivery - f.server_system_us_per_delivery
+                }),
+                Target::None,
+            ));
+            rows.push((
                 "fan-out: server cores busy".into(),
                 f(lg, |f| f.server_cores),
                 f(node, |f| f.server_cores),

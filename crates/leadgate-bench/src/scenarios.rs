@@ -97,6 +97,8 @@ pub struct FanoutResult {
     pub delivered_per_second: f64,
     /// Both instances' CPU time over the deliveries, in microseconds each.
     pub server_cpu_us_per_delivery: f64,
+    /// The part of it spent in the kernel, sending.
+    pub server_system_us_per_delivery: f64,
     /// Cores the two instances kept busy, on average.
     pub server_cores: f64,
     /// Cores the client processes and the publisher kept busy.
@@ -453,7 +455,7 @@ impl Bench {
         publisher
             .closed_loop(&fleet, window, self.settings.measure / 4)
             .await?;
-        let server_before: u64 = usage_sum(&servers)?.cpu_ticks;
+        let server_before = usage_sum(&servers)?;
         let generator_before = fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks;
         let delivered_before = fleet.delivered();
         let published_before = publisher.published;
@@ -463,7 +465,9 @@ impl Bench {
             .await?;
         let seconds = started.elapsed().as_secs_f64();
         let delivered = fleet.delivered() - delivered_before;
-        let server_ticks = usage_sum(&servers)?.cpu_ticks - server_before;
+        let server_after = usage_sum(&servers)?;
+        let server_ticks = server_after.cpu_ticks - server_before.cpu_ticks;
+        let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
         let generator_ticks =
             fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
         publisher.drain(&fleet).await?;
@@ -478,6 +482,8 @@ impl Bench {
             delivered,
             delivered_per_second: delivered as f64 / seconds,
             server_cpu_us_per_delivery: server_ticks as f64 / ticks * 1e6 / delivered.max(1) as f64,
+            server_system_us_per_delivery: server_system_ticks as f64 / ticks * 1e6
+                / delivered.max(1) as f64,
             server_cores: server_ticks as f64 / ticks / seconds,
             generator_cores: generator_ticks as f64 / ticks / seconds,
         };
@@ -516,6 +522,7 @@ fn usage_sum(servers: &[Server]) -> anyhow::Result<Usage> {
         let usage = server.usage()?;
         sum.rss_kib += usage.rss_kib;
         sum.cpu_ticks += usage.cpu_ticks;
+        sum.system_ticks += usage.system_ticks;
     }
     Ok(sum)
 }

@@ -10,6 +10,9 @@ use leadgate::Config;
 use leadgate::config::LogFormat;
 use leadgate::dev::{Credentials, JwtKey};
 use tracing::{info, warn};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 /// A Socket.IO-compatible realtime gateway for job progress and leads.
