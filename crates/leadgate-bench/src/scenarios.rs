@@ -120,6 +120,9 @@ pub struct LatencyResult {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Faults {
     pub failed_connections: u64,
+    /// Deliveries that never came: published events times their
+    /// subscribers, less what the clients received.
+    pub undelivered: u64,
     pub missed: u64,
     pub duplicated: u64,
     pub resyncs: u64,
@@ -131,6 +134,7 @@ pub struct Faults {
 impl Faults {
     pub fn is_clean(&self) -> bool {
         self.failed_connections == 0
+            && self.undelivered == 0
             && self.missed == 0
             && self.duplicated == 0
             && self.resyncs == 0
@@ -498,6 +502,7 @@ impl Bench {
         let delivered = fleet.delivered() - delivered_before;
         let (stats, latency) = fleet.stats().await?;
         faults.add_stats(&stats);
+        faults.undelivered += publisher.expected.saturating_sub(fleet.delivered());
         let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
         let latency = LatencyResult {
             target_per_second: rate,
