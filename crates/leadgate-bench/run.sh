@@ -2,7 +2,7 @@
 # Benchmarks leadgate against the Node.js Socket.IO server it replaces, every
 # scenario on both in one run, and prints the figures side by side.
 #
-#   crates/leadgate-bench/run.sh            the full run (about 10 minutes)
+#   crates/leadgate-bench/run.sh            the full run (about 15 minutes)
 #   crates/leadgate-bench/run.sh --quick    a short run that checks the benchmark works
 #
 # Needs PostgreSQL and Redis (LEADGATE_BENCH_DATABASE_URL,

@@ -155,6 +155,14 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
             cli.peer_dir.display()
         );
     }
+    // A server holds every idle connection as an open file.
+    let largest = settings.idle_sizes.iter().copied().max().unwrap_or(0);
+    let (open_files, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+    if open_files < largest as u64 + 200 {
+        anyhow::bail!(
+            "{largest} connections need more open files than the limit of {open_files} (ulimit -n)"
+        );
+    }
     let log_dir = cli
         .json
         .parent()

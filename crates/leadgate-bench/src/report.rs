@@ -96,13 +96,13 @@ impl Run {
             .idle
             .iter()
             .chain(&node.idle)
-            .map(|idle| idle.connections)
+            .map(|idle| idle.requested)
             .collect();
         for &n in &self.settings.idle_sizes {
             let find = |r: &Results| {
                 r.idle
                     .iter()
-                    .find(|idle| idle.connections == n)
+                    .find(|idle| idle.requested == n)
                     .map(|idle| idle.kib_per_connection)
             };
             if sizes.contains(&n) {
@@ -120,6 +120,12 @@ impl Run {
                 lg.connect.as_ref().map(|c| c.per_second),
                 node.connect.as_ref().map(|c| c.per_second),
                 Target::RatioAtLeast(3.0),
+            ));
+            rows.push((
+                "connect: server CPU µs per connect".into(),
+                lg.connect.as_ref().map(|c| c.server_cpu_us_per_connect),
+                node.connect.as_ref().map(|c| c.server_cpu_us_per_connect),
+                Target::None,
             ));
         }
         if lg.fanout.is_some() || node.fanout.is_some() {
@@ -139,7 +145,7 @@ impl Run {
                 Target::RatioAtMost(0.2),
             ));
             rows.push((
-                "  of which in the kernel (sending)".into(),
+                "  of which in the kernel".into(),
                 f(lg, |f| f.server_system_us_per_delivery),
                 f(node, |f| f.server_system_us_per_delivery),
                 Target::None,

@@ -73,6 +73,9 @@ pub struct Bench {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleResult {
+    /// Connections asked for.
+    pub requested: usize,
+    /// Connections made.
     pub connections: usize,
     pub rss_before_kib: u64,
     pub rss_after_kib: u64,
@@ -85,6 +88,8 @@ pub struct ConnectResult {
     pub connections: u64,
     pub seconds: f64,
     pub per_second: f64,
+    /// The server's CPU time over the connects, in microseconds each.
+    pub server_cpu_us_per_connect: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +113,9 @@ pub struct FanoutResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyResult {
     pub target_per_second: u64,
+    /// Events published, and deliveries they called for.
+    pub published: u64,
+    pub expected: u64,
     pub delivered_per_second: f64,
     pub delivered: u64,
     pub p50_ms: f64,
@@ -222,9 +230,12 @@ impl Fleet {
         Ok(ready)
     }
 
+    /// Resets every process's counters, and waits until each has: a
+    /// process answers commands in order.
     async fn reset(&mut self) -> anyhow::Result<()> {
         for proc in &mut self.procs {
             proc.send(&Command::Reset).await?;
+            proc.stats().await?;
         }
         Ok(())
     }
@@ -290,9 +301,15 @@ impl Bench {
         }
     }
 
+    /// The next port nothing listens on, so that a server left over from
+    /// an interrupted run is never taken for the one just started.
     fn port(&mut self) -> u16 {
-        self.next_port += 1;
-        self.next_port
+        loop {
+            self.next_port += 1;
+            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, self.next_port)).is_ok() {
+                return self.next_port;
+            }
+        }
     }
 
     /// A fresh loopback source address for each client process, so that
@@ -387,13 +404,13 @@ impl Bench {
         let mut fleet = Fleet::spawn(plans).await?;
         let ready = fleet.go().await?;
         faults.add_ready(&ready);
-        tokio::time::sleep(self.settings.settle).await;
-        let after = server.usage()?;
+        let after = settled_usage(&server, self.settings.settle).await?;
         let (stats, _) = fleet.stats().await?;
         faults.add_stats(&stats);
         fleet.quit().await;
         server.stop().await;
         Ok(IdleResult {
+            requested: n,
             connections: ready.connected as usize,
             rss_before_kib: before.rss_kib,
             rss_after_kib: after.rss_kib,
@@ -414,14 +431,19 @@ impl Bench {
         self.warm_up(&server).await?;
         let plans = self.plans(self.settings.connect_count, &[server.addr], false, 2)?;
         let mut fleet = Fleet::spawn(plans).await?;
+        let before = server.usage()?;
         let ready = fleet.go().await?;
+        let after = server.usage()?;
         faults.add_ready(&ready);
         fleet.quit().await;
         server.stop().await;
+        let cpu_us =
+            (after.cpu_ticks - before.cpu_ticks) as f64 / self.ticks_per_second as f64 * 1e6;
         Ok(ConnectResult {
             connections: ready.connected,
             seconds: ready.seconds,
             per_second: ready.connected as f64 / ready.seconds,
+            server_cpu_us_per_connect: cpu_us / ready.connected.max(1) as f64,
         })
     }
 
@@ -474,7 +496,7 @@ impl Bench {
         let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
         let generator_ticks =
             fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
-        publisher.drain(&fleet).await?;
+        faults.undelivered += publisher.drain(&fleet).await;
         let (stats, _) = fleet.stats().await?;
         faults.add_stats(&stats);
         let ticks = self.ticks_per_second as f64;
@@ -496,16 +518,19 @@ impl Bench {
         let rate = self.settings.latency_rate;
         let started = Instant::now();
         let delivered_before = fleet.delivered();
-        publisher.fixed_rate(rate, self.settings.measure).await?;
-        publisher.drain(&fleet).await?;
+        let expected_before = publisher.expected;
+        let published = publisher.fixed_rate(rate, self.settings.measure).await?;
+        let missing = publisher.drain(&fleet).await;
         let seconds = started.elapsed().as_secs_f64();
         let delivered = fleet.delivered() - delivered_before;
         let (stats, latency) = fleet.stats().await?;
         faults.add_stats(&stats);
-        faults.undelivered += publisher.expected.saturating_sub(fleet.delivered());
+        faults.undelivered += missing;
         let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
         let latency = LatencyResult {
             target_per_second: rate,
+            published,
+            expected: publisher.expected - expected_before,
             delivered_per_second: delivered as f64 / seconds,
             delivered,
             p50_ms: ms(0.50),
@@ -519,6 +544,24 @@ impl Bench {
         }
         Ok((fanout, latency))
     }
+}
+
+/// The server's usage once its RSS has settled: read every half second
+/// after `settle` until it moves by less than 0.5%, at most for 10 s more.
+async fn settled_usage(server: &Server, settle: Duration) -> anyhow::Result<Usage> {
+    tokio::time::sleep(settle).await;
+    let mut last = server.usage()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = server.usage()?;
+        let moved = (now.rss_kib as f64 - last.rss_kib as f64).abs();
+        last = now;
+        if moved < 0.005 * now.rss_kib as f64 {
+            break;
+        }
+    }
+    Ok(last)
 }
 
 fn usage_sum(servers: &[Server]) -> anyhow::Result<Usage> {
@@ -556,7 +599,7 @@ impl Publisher {
             .get_multiplexed_async_connection()
             .await
             .context("connecting the publisher to Redis")?;
-        if clients % jobs.len() != 0 {
+        if !clients.is_multiple_of(jobs.len()) {
             bail!("clients must be a multiple of jobs, so every job has as many subscribers");
         }
         Ok(Publisher {
@@ -574,11 +617,22 @@ impl Publisher {
         })
     }
 
-    /// Publishes `count` events, one job after the other, in one pipeline.
+    /// Publishes `count` events, one job after the other, in one pipeline,
+    /// stamped with the time they are sent.
     async fn publish(&mut self, count: usize) -> anyhow::Result<()> {
+        self.publish_stamped(count, now_micros(), 0.0).await
+    }
+
+    /// Publishes `count` events stamped `first_us`, `first_us + step_us`, …
+    async fn publish_stamped(
+        &mut self,
+        count: usize,
+        first_us: u64,
+        step_us: f64,
+    ) -> anyhow::Result<()> {
         let mut pipe = redis::pipe();
-        let sent = now_micros();
-        for _ in 0..count {
+        for i in 0..count {
+            let sent = first_us + (i as f64 * step_us) as u64;
             let job = self.next_job;
             self.next_job = (self.next_job + 1) % self.channels.len();
             self.seqs[job] += 1;
@@ -623,36 +677,43 @@ impl Publisher {
     }
 
     /// Publishes `per_second / fan` events a second for `length`, a batch
-    /// every millisecond.
-    async fn fixed_rate(&mut self, per_second: u64, length: Duration) -> anyhow::Result<()> {
+    /// every millisecond, and returns how many.
+    ///
+    /// Each event is stamped with the time it was due, not the time it went
+    /// out: when the publisher is held up (by a busy machine), the wait
+    /// counts as latency instead of vanishing from it.
+    async fn fixed_rate(&mut self, per_second: u64, length: Duration) -> anyhow::Result<u64> {
         let events_per_second = (per_second / self.fan).max(1);
+        let total = (length.as_secs_f64() * events_per_second as f64) as u64;
+        let step_us = 1e6 / events_per_second as f64;
         let started = Instant::now();
+        let started_us = now_micros();
         let mut tick = tokio::time::interval(Duration::from_millis(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let mut sent = 0u64;
-        while started.elapsed() < length {
+        while sent < total {
             tick.tick().await;
-            let due = (started.elapsed().as_secs_f64() * events_per_second as f64) as u64;
+            let due =
+                ((started.elapsed().as_secs_f64() * events_per_second as f64) as u64).min(total);
             if due > sent {
-                self.publish((due - sent) as usize).await?;
+                // Event k (from 0) is due at (k + 1) steps.
+                let first_us = started_us + ((sent + 1) as f64 * step_us) as u64;
+                self.publish_stamped((due - sent) as usize, first_us, step_us)
+                    .await?;
                 sent = due;
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Waits until every published event has reached every subscriber, or
-    /// 15 s have passed.
-    async fn drain(&self, fleet: &Fleet) -> anyhow::Result<()> {
+    /// 15 s have passed; returns the deliveries still missing.
+    async fn drain(&self, fleet: &Fleet) -> u64 {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while fleet.delivered() < self.expected {
-            if Instant::now() > deadline {
-                // What is missing shows up in the faults.
-                return Ok(());
-            }
+        while fleet.delivered() < self.expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(())
+        self.expected.saturating_sub(fleet.delivered())
     }
 }
 

@@ -272,7 +272,7 @@ impl Hub {
                             Ok(payload) => encoded.insert(payload),
                             Err(e) => {
                                 tracing::error!(job = %update.job_id, error = %e, "Could not encode a job update.");
-                                return sent;
+                                break;
                             }
                         },
                     };
