@@ -552,3 +552,41 @@ async fn compact_request(request: axum::extract::Request) -> axum::extract::Requ
     }
     axum::extract::Request::from_parts(parts, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> axum::extract::Request {
+        let mut request = axum::http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket&token=abc")
+            .header(header::ORIGIN, "http://app.example")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-for", "10.0.0.2")
+            .header("x-custom", "kept")
+            .body(axum::body::Body::empty())
+            .expect("a valid request");
+        let mut bearer = HeaderValue::from_static("Bearer secret");
+        bearer.set_sensitive(true);
+        request.headers_mut().insert(header::AUTHORIZATION, bearer);
+        request.extensions_mut().insert(7u32);
+        request
+    }
+
+    #[tokio::test]
+    async fn compacting_a_request_keeps_what_it_says() {
+        let original = request();
+        let compacted = compact_request(request()).await;
+        assert_eq!(compacted.uri(), original.uri());
+        assert_eq!(compacted.method(), original.method());
+        assert_eq!(compacted.headers(), original.headers());
+        let forwarded: Vec<_> = compacted
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .collect();
+        assert_eq!(forwarded, ["10.0.0.1", "10.0.0.2"]);
+        assert!(compacted.headers()[header::AUTHORIZATION].is_sensitive());
+        assert_eq!(compacted.extensions().get::<u32>(), Some(&7));
+    }
+}
