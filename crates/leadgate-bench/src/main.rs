@@ -224,7 +224,8 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
     std::fs::write(&cli.json, serde_json::to_vec_pretty(&run)?)?;
     eprintln!("results written to {}", cli.json.display());
     // The peer's faults are reported with its figures; leadgate's fail the
-    // run.
+    // run. A scenario that cannot run at all (a gateway that does not start,
+    // fan-out clients that cannot all connect) has stopped it already.
     let clean = run
         .gateways
         .get(Kind::Leadgate.name())

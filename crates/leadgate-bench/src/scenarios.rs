@@ -496,7 +496,8 @@ impl Bench {
         let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
         let generator_ticks =
             fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
-        faults.undelivered += publisher.drain(&fleet).await;
+        let missing_after_fanout = publisher.drain(&fleet).await;
+        faults.undelivered += missing_after_fanout;
         let (stats, _) = fleet.stats().await?;
         faults.add_stats(&stats);
         let ticks = self.ticks_per_second as f64;
@@ -525,7 +526,8 @@ impl Bench {
         let delivered = fleet.delivered() - delivered_before;
         let (stats, latency) = fleet.stats().await?;
         faults.add_stats(&stats);
-        faults.undelivered += missing;
+        // What the fan-out left undelivered is counted already.
+        faults.undelivered += missing.saturating_sub(missing_after_fanout);
         let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
         let latency = LatencyResult {
             target_per_second: rate,
