@@ -61,6 +61,7 @@ struct Cli {
     )]
     database_url: String,
 
+    /// Redis of the run; its channels are prefixed `leadgate-bench:`.
     #[arg(
         long,
         env = "LEADGATE_BENCH_REDIS_URL",
