@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 /// mimalloc instead of the system allocator: a gateway allocates and frees a
 /// few small buffers for every message it delivers, and the switch took a
 /// fifth off the CPU of a delivery (see BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
