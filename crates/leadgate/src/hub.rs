@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use leadgate_protocol::{JobStatus, JobUpdate};
-use serde_json::value::RawValue;
-use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::client::{self, Client};
+use crate::engine::EncodedEvent;
 use crate::metrics::Metrics;
 
 /// Updates buffered for a pending subscription. Past this the buffer is
@@ -51,7 +51,7 @@ pub struct Hub {
 }
 
 struct Subscriber {
-    socket: SocketRef,
+    socket: Client,
     /// Tells one subscription of a socket to a job from a later one.
     token: u64,
     state: State,
@@ -138,11 +138,12 @@ impl Hub {
     /// Registers `socket` for `job`, pending and not yet authorized,
     /// replacing an earlier subscription of the same socket. Returns the
     /// token for [`Hub::activate`].
-    pub fn begin(&self, job: Uuid, socket: &SocketRef) -> u64 {
+    pub fn begin(&self, job: Uuid, socket: &Client) -> u64 {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(&job);
         let subscribers = shard.entry(job).or_default();
-        subscribers.retain(|s| s.socket.id != socket.id);
+        let sid = socket.id();
+        subscribers.retain(|s| s.socket.id() != sid);
         subscribers.push(Subscriber {
             socket: socket.clone(),
             token,
@@ -157,7 +158,7 @@ impl Hub {
         let mut shard = self.shard(&job);
         let Some(sub) = shard.get_mut(&job).and_then(|subs| {
             subs.iter_mut()
-                .find(|s| s.socket.id == sid && s.token == token)
+                .find(|s| s.socket.id() == sid && s.token == token)
         }) else {
             return Activation::Gone;
         };
@@ -236,7 +237,7 @@ impl Hub {
     pub fn end(&self, job: Uuid, sid: Sid, token: Option<u64>) {
         let mut shard = self.shard(&job);
         if let Some(subs) = shard.get_mut(&job) {
-            subs.retain(|s| !(s.socket.id == sid && token.is_none_or(|t| t == s.token)));
+            subs.retain(|s| !(s.socket.id() == sid && token.is_none_or(|t| t == s.token)));
             if subs.is_empty() {
                 shard.remove(&job);
             }
@@ -253,7 +254,7 @@ impl Hub {
         let mut sent = 0;
         let mut gap = false;
         // Encoded once, when the first socket takes it, for every socket.
-        let mut encoded: Option<Box<RawValue>> = None;
+        let mut encoded: Option<EncodedEvent> = None;
         for sub in subs.iter_mut() {
             match &mut sub.state {
                 State::Pending {
@@ -268,7 +269,7 @@ impl Hub {
                 State::Active { last_seq } if update.seq == *last_seq + 1 => {
                     let payload = match &encoded {
                         Some(payload) => payload,
-                        None => match serde_json::value::to_raw_value(update) {
+                        None => match client::encode("job-update", update) {
                             Ok(payload) => encoded.insert(payload),
                             Err(e) => {
                                 tracing::error!(job = %update.job_id, error = %e, "Could not encode a job update.");
@@ -278,20 +279,14 @@ impl Hub {
                     };
                     let before = *last_seq;
                     *last_seq = update.seq;
-                    if send(
-                        &self.metrics,
-                        &sub.socket,
-                        "job-update",
-                        payload,
-                        update.job_id,
-                    ) {
+                    if send_encoded(&self.metrics, &sub.socket, payload, update.job_id) {
                         sent += 1;
                     } else {
                         sub.state = lagging(before);
                     }
                 }
                 State::Active { last_seq } if update.seq > *last_seq + 1 => {
-                    tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq = *last_seq, seq = update.seq, "Gap in a job's events; refreshing.");
+                    tracing::debug!(job = %update.job_id, sid = %sub.socket.id(), last_seq = *last_seq, seq = update.seq, "Gap in a job's events; refreshing.");
                     sub.state = State::Pending {
                         authorized: true,
                         buffer: vec![update.clone()],
@@ -339,10 +334,10 @@ impl Hub {
     /// queued for a refresh, which sends a fresh `job-status` once it fits;
     /// a socket lagging for longer than `grace` loses its subscriptions and
     /// is returned, to be disconnected.
-    pub fn sweep(&self, grace: Duration) -> Vec<SocketRef> {
+    pub fn sweep(&self, grace: Duration) -> Vec<Client> {
         // First the sockets past the grace, then all of their subscriptions
         // go, whichever job they lag on.
-        let mut evicted: Vec<SocketRef> = Vec::new();
+        let mut evicted: Vec<Client> = Vec::new();
         let mut jobs = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -351,7 +346,7 @@ impl Hub {
                     match sub.state {
                         State::Lagging { since, .. }
                             if since.elapsed() > grace
-                                && !evicted.iter().any(|s| s.id == sub.socket.id) =>
+                                && !evicted.iter().any(|s| s.id() == sub.socket.id()) =>
                         {
                             evicted.push(sub.socket.clone());
                         }
@@ -366,7 +361,7 @@ impl Hub {
             for shard in self.shards.iter() {
                 let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
                 for subs in shard.values_mut() {
-                    subs.retain(|sub| !evicted.iter().any(|s| s.id == sub.socket.id));
+                    subs.retain(|sub| !evicted.iter().any(|s| s.id() == sub.socket.id()));
                 }
                 shard.retain(|_, subs| !subs.is_empty());
             }
@@ -414,7 +409,7 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
             }
             last_seq = update.seq;
         } else if update.seq > last_seq + 1 {
-            tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
+            tracing::debug!(job = %update.job_id, sid = %sub.socket.id(), last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
             break;
         }
     }
@@ -463,12 +458,26 @@ impl RefreshQueue {
 
 fn send<T: serde::Serialize>(
     metrics: &Metrics,
-    socket: &SocketRef,
+    socket: &Client,
     event: &'static str,
     data: &T,
     job: Uuid,
 ) -> bool {
-    let result = socket.emit(event, data);
+    sent(metrics, socket, event, socket.emit(event, data), job)
+}
+
+fn send_encoded(metrics: &Metrics, socket: &Client, event: &EncodedEvent, job: Uuid) -> bool {
+    let result = socket.emit_encoded(event);
+    sent(metrics, socket, event.name(), result, job)
+}
+
+fn sent(
+    metrics: &Metrics,
+    socket: &Client,
+    event: &'static str,
+    result: Result<(), client::EmitError>,
+    job: Uuid,
+) -> bool {
     metrics.message(event, result.is_ok());
     match result {
         Ok(()) => true,
@@ -476,7 +485,7 @@ fn send<T: serde::Serialize>(
             // The socket's queue is full or it is closing; the packet is
             // lost for this socket only. A full socket is marked lagging by
             // the caller and gets a fresh job-status once it can take one.
-            tracing::warn!(sid = %socket.id, job = %job, event, error = %e, "Dropped a message for a socket.");
+            tracing::warn!(sid = %socket.id(), job = %job, event, error = %e, "Dropped a message for a socket.");
             false
         }
     }

@@ -15,6 +15,7 @@ use tracing::{debug, error, info};
 
 use crate::App;
 use crate::auth::{AuthError, handshake_token};
+use crate::client::Client;
 use crate::hub::Activation;
 use crate::session::{Session, TokenExpiry, Turn, Turnstile};
 
@@ -60,22 +61,6 @@ pub async fn authenticate(
     }
 }
 
-/// Passes the ack on if the request is within the connection's rate;
-/// otherwise refuses the request and returns `None`.
-fn over_rate(
-    socket: &SocketRef,
-    app: &App,
-    session: &Session,
-    ack: AckSender,
-    event: &str,
-) -> Option<AckSender> {
-    if session.allow_request(app.limits.event_rate) {
-        return Some(ack);
-    }
-    refuse(socket, ack, event, &app.limits.too_many_requests());
-    None
-}
-
 /// Connect handler: the socket is authenticated and its events are wired.
 pub async fn on_connect(socket: SocketRef) {
     if let Some(session) = socket.extensions.get::<Arc<Session>>() {
@@ -91,66 +76,7 @@ async fn subscribe(
     mut turn: Turn,
 ) {
     turn.wait().await;
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        return;
-    };
-    let Some(ack) = over_rate(&socket, &app, &session, ack, "subscribe-job") else {
-        return;
-    };
-    let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
-        return refuse(&socket, ack, "subscribe-job", BAD_JOB_ID);
-    };
-    if !session.add_job(job, app.limits.max_subscriptions) {
-        let message = format!(
-            "too many subscriptions: at most {} jobs per connection",
-            app.limits.max_subscriptions
-        );
-        return refuse(&socket, ack, "subscribe-job", &message);
-    }
-    let token = app.hub.begin(job, &socket);
-    // Handlers are not cancelled when the socket goes: if the disconnect
-    // handler already cleaned up, this subscription must not outlive it.
-    // (It closes the session before it takes the jobs, and the job was
-    // added before `begin`, so one of the two always ends it.)
-    if session.is_closed() {
-        app.hub.end(job, socket.id, Some(token));
-        session.remove_job(&job);
-        return;
-    }
-    loop {
-        let started = std::time::Instant::now();
-        let found = app.store.job_status(job).await;
-        app.metrics.query("job_status", started.elapsed());
-        match found {
-            Ok(Some(found)) if session.principal.may_read(&found.user_id) => {
-                match app.hub.activate(job, socket.id, token, &found.status) {
-                    Activation::Sent => {
-                        debug!(sid = %socket.id, job = %job, seq = found.status.seq, "Subscribed.");
-                        let _ = ack.send(&Ack::ok());
-                        return;
-                    }
-                    Activation::Reload => continue,
-                    Activation::Gone => return,
-                }
-            }
-            Ok(_) => {
-                app.hub.end(job, socket.id, Some(token));
-                session.remove_job(&job);
-                return refuse(&socket, ack, "subscribe-job", JOB_NOT_FOUND);
-            }
-            Err(e) => {
-                error!(sid = %socket.id, job = %job, error = %e, "Could not load a job for a subscriber.");
-                app.hub.end(job, socket.id, Some(token));
-                session.remove_job(&job);
-                return refuse(
-                    &socket,
-                    ack,
-                    "subscribe-job",
-                    "could not load the job; try again",
-                );
-            }
-        }
-    }
+    answer(socket, &app, "subscribe-job", arg.ok(), ack).await;
 }
 
 async fn unsubscribe(
@@ -161,19 +87,7 @@ async fn unsubscribe(
     mut turn: Turn,
 ) {
     turn.wait().await;
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        return;
-    };
-    let Some(ack) = over_rate(&socket, &app, &session, ack, "unsubscribe-job") else {
-        return;
-    };
-    let Some(job) = arg.ok().and_then(|v| parse_job_id(&v).ok()) else {
-        return refuse(&socket, ack, "unsubscribe-job", BAD_JOB_ID);
-    };
-    app.hub.end(job, socket.id, None);
-    session.remove_job(&job);
-    debug!(sid = %socket.id, job = %job, "Unsubscribed.");
-    let _ = ack.send(&Ack::ok());
+    answer(socket, &app, "unsubscribe-job", arg.ok(), ack).await;
 }
 
 /// `refresh-token` `token` (or `{ token }`): a fresh token for the same user
@@ -184,20 +98,141 @@ async fn refresh_token(
     TryData(arg): TryData<Value>,
     ack: AckSender,
 ) {
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+    answer(socket, &app, "refresh-token", arg.ok(), ack).await;
+}
+
+/// Runs a request of a socketioxide socket and acks the answer.
+async fn answer(socket: SocketRef, app: &App, event: &str, arg: Option<Value>, ack: AckSender) {
+    let (Some(session), Some(expiry)) = (
+        socket.extensions.get::<Arc<Session>>(),
+        socket.extensions.get::<TokenExpiry>(),
+    ) else {
         return;
     };
-    let Some(ack) = over_rate(&socket, &app, &session, ack, "refresh-token") else {
-        return;
-    };
-    match crate::session::refresh_token(&app, &socket, &session.principal, arg.unwrap_or_default())
-    {
-        Ok(_) => {
-            debug!(sid = %socket.id, "Token refreshed.");
-            let _ = ack.send(&Ack::ok());
-        }
-        Err(e) => refuse(&socket, ack, "refresh-token", &e.to_string()),
+    let client = Client::Sio(socket);
+    if let Some(answer) = request(app, &client, &session, &expiry, event, arg).await {
+        let _ = ack.send(&answer);
     }
+}
+
+/// Runs one request of a client of `/`, whichever engine serves it, and
+/// returns the answer for its ack: `None` for an event the namespace does
+/// not know (ignored) and for a subscription that ended while it was made.
+/// A refused request is also told with an `error` event.
+pub(crate) async fn request(
+    app: &App,
+    client: &Client,
+    session: &Session,
+    expiry: &TokenExpiry,
+    event: &str,
+    arg: Option<Value>,
+) -> Option<Ack> {
+    let event = match event {
+        "subscribe-job" => "subscribe-job",
+        "unsubscribe-job" => "unsubscribe-job",
+        "refresh-token" => "refresh-token",
+        _ => {
+            debug!(sid = %client.id(), event, "Ignored an unknown event.");
+            return None;
+        }
+    };
+    if !session.allow_request(app.limits.event_rate) {
+        return Some(refuse(client, event, &app.limits.too_many_requests()));
+    }
+    let outcome = match event {
+        "subscribe-job" => subscribe_job(app, client, session, arg).await,
+        "unsubscribe-job" => unsubscribe_job(app, client, session, arg),
+        _ => match crate::session::refresh_token(
+            app,
+            Some(expiry),
+            &session.principal,
+            arg.unwrap_or_default(),
+        ) {
+            Ok(_) => {
+                debug!(sid = %client.id(), "Token refreshed.");
+                Ok(true)
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match outcome {
+        Ok(true) => Some(Ack::ok()),
+        Ok(false) => None,
+        Err(message) => Some(refuse(client, event, &message)),
+    }
+}
+
+/// `Ok(true)` once the snapshot was sent, `Ok(false)` if the subscription
+/// ended meanwhile, `Err` with the refusal.
+async fn subscribe_job(
+    app: &App,
+    client: &Client,
+    session: &Session,
+    arg: Option<Value>,
+) -> Result<bool, String> {
+    let Some(job) = arg.and_then(|v| parse_job_id(&v).ok()) else {
+        return Err(BAD_JOB_ID.to_owned());
+    };
+    if !session.add_job(job, app.limits.max_subscriptions) {
+        return Err(format!(
+            "too many subscriptions: at most {} jobs per connection",
+            app.limits.max_subscriptions
+        ));
+    }
+    let sid = client.id();
+    let token = app.hub.begin(job, client);
+    // Handlers are not cancelled when the socket goes: if the disconnect
+    // handler already cleaned up, this subscription must not outlive it.
+    // (It closes the session before it takes the jobs, and the job was
+    // added before `begin`, so one of the two always ends it.)
+    if session.is_closed() {
+        app.hub.end(job, sid, Some(token));
+        session.remove_job(&job);
+        return Ok(false);
+    }
+    loop {
+        let started = std::time::Instant::now();
+        let found = app.store.job_status(job).await;
+        app.metrics.query("job_status", started.elapsed());
+        match found {
+            Ok(Some(found)) if session.principal.may_read(&found.user_id) => {
+                match app.hub.activate(job, sid, token, &found.status) {
+                    Activation::Sent => {
+                        debug!(%sid, job = %job, seq = found.status.seq, "Subscribed.");
+                        return Ok(true);
+                    }
+                    Activation::Reload => continue,
+                    Activation::Gone => return Ok(false),
+                }
+            }
+            Ok(_) => {
+                app.hub.end(job, sid, Some(token));
+                session.remove_job(&job);
+                return Err(JOB_NOT_FOUND.to_owned());
+            }
+            Err(e) => {
+                error!(%sid, job = %job, error = %e, "Could not load a job for a subscriber.");
+                app.hub.end(job, sid, Some(token));
+                session.remove_job(&job);
+                return Err("could not load the job; try again".to_owned());
+            }
+        }
+    }
+}
+
+fn unsubscribe_job(
+    app: &App,
+    client: &Client,
+    session: &Session,
+    arg: Option<Value>,
+) -> Result<bool, String> {
+    let Some(job) = arg.and_then(|v| parse_job_id(&v).ok()) else {
+        return Err(BAD_JOB_ID.to_owned());
+    };
+    app.hub.end(job, client.id(), None);
+    session.remove_job(&job);
+    debug!(sid = %client.id(), job = %job, "Unsubscribed.");
+    Ok(true)
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: DisconnectReason) {
@@ -210,15 +245,15 @@ async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: Discon
     info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, ?reason, "Disconnected.");
 }
 
-/// Answers a refused request: an `error` event, and the ack if one was asked
-/// for.
-fn refuse(socket: &SocketRef, ack: AckSender, event: &str, message: &str) {
-    info!(sid = %socket.id, event, reason = message, "Refused a request.");
-    let _ = socket.emit(
+/// Refuses a request: tells the client with an `error` event and returns
+/// the ack's answer.
+pub(crate) fn refuse(client: &Client, event: &str, message: &str) -> Ack {
+    info!(sid = %client.id(), event, reason = message, "Refused a request.");
+    let _ = client.emit(
         "error",
         &ClientError {
             message: message.to_owned(),
         },
     );
-    let _ = ack.send(&Ack::err(message));
+    Ack::err(message)
 }

@@ -5,8 +5,10 @@
 //! how an event travels from a worker to a browser.
 
 pub mod auth;
+mod client;
 pub mod config;
 pub mod dev;
+mod engine;
 mod fanout;
 mod http;
 mod hub;
@@ -57,6 +59,8 @@ pub struct AppInner {
     metrics: Arc<Metrics>,
     /// Set once the Socket.IO layer is built; read by `/metrics`.
     io: std::sync::OnceLock<SocketIo>,
+    /// The own engine's WebSocket connections (see [`engine`]).
+    engine: engine::Engine,
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
     leads: Arc<Leads>,
@@ -169,6 +173,10 @@ impl App {
             ("/ws/leads/", "websocket"),
             self.leads.websocket_clients() as i64,
         );
+        let own = self.engine.socket_counts();
+        for ns in engine::packet::Namespace::ALL {
+            *counts.entry((ns.path(), "websocket")).or_default() += own[ns.index()] as i64;
+        }
         for ((namespace, transport), count) in counts {
             m.connections
                 .get_or_create(&metrics::ConnectionLabels {
@@ -320,6 +328,7 @@ pub async fn run(
         store: store.clone(),
         metrics,
         io: std::sync::OnceLock::new(),
+        engine: engine::Engine::new(config.socket_buffer, config.max_payload),
         hub,
         fanout,
         leads,
@@ -367,8 +376,14 @@ pub async fn run(
         leads::sio::on_connect.with(leads::sio::authenticate),
     );
 
+    // In front of socketioxide, the own engine takes the WebSockets opened
+    // straight away; socketioxide serves the rest.
     let mut router = http::router(app.clone(), config.max_http_body)
         .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            engine::route,
+        ))
         .layer(axum::middleware::map_request(compact_request));
     if !config.allowed_origins.is_empty() {
         router = router.layer(cors(&config.allowed_origins));
@@ -388,11 +403,13 @@ pub async fn run(
         }
     };
     let closer = {
-        let (stopping, io) = (stopping.clone(), io.clone());
+        let (stopping, io, app) = (stopping.clone(), io.clone(), app.clone());
         tokio::spawn(async move {
             stopping.cancelled().await;
+            let own = app.engine.close_all();
             info!(
                 sockets = io.sockets().len(),
+                websockets = own,
                 "Shutting down: closing client connections."
             );
             io.close().await;
@@ -444,33 +461,44 @@ async fn run_expiry(app: App, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        let Some(io) = app.io.get() else { continue };
         let now = chrono::Utc::now().timestamp();
-        let reason = auth::AuthError::Expired.to_string();
-        for namespace in ["/", "/leads"] {
-            for socket in io.of(namespace).map(|ns| ns.sockets()).unwrap_or_default() {
-                let Some(expiry) = socket.extensions.get::<session::TokenExpiry>() else {
-                    continue;
-                };
-                if expiry.get().saturating_add(leeway) >= now {
-                    continue;
+        let mut sockets: Vec<(&str, client::Client, session::TokenExpiry)> = Vec::new();
+        if let Some(io) = app.io.get() {
+            for namespace in ["/", "/leads"] {
+                for socket in io.of(namespace).map(|ns| ns.sockets()).unwrap_or_default() {
+                    if let Some(expiry) = socket.extensions.get::<session::TokenExpiry>() {
+                        sockets.push((namespace, client::Client::Sio(socket), expiry));
+                    }
                 }
-                info!(ns = namespace, sid = %socket.id, "Token expired; disconnecting.");
-                let _ = if namespace == "/" {
-                    socket.emit(
-                        "error",
-                        &leadgate_protocol::ClientError {
-                            message: reason.clone(),
-                        },
-                    )
-                } else {
-                    socket.emit(
-                        "error",
-                        &leadgate_protocol::leads::LeadsErrorMessage::new(reason.clone()),
-                    )
-                };
-                let _ = socket.disconnect();
             }
+        }
+        for (socket, expiry) in app.engine.sockets() {
+            sockets.push((
+                socket.namespace().path(),
+                client::Client::Own(socket),
+                expiry,
+            ));
+        }
+        let reason = auth::AuthError::Expired.to_string();
+        for (namespace, socket, expiry) in sockets {
+            if expiry.get().saturating_add(leeway) >= now {
+                continue;
+            }
+            info!(ns = namespace, sid = %socket.id(), "Token expired; disconnecting.");
+            let _ = if namespace == "/" {
+                socket.emit(
+                    "error",
+                    &leadgate_protocol::ClientError {
+                        message: reason.clone(),
+                    },
+                )
+            } else {
+                socket.emit(
+                    "error",
+                    &leadgate_protocol::leads::LeadsErrorMessage::new(reason.clone()),
+                )
+            };
+            socket.disconnect();
         }
     }
 }
@@ -522,7 +550,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Bytes of a WebSocket connection's read buffer until a larger frame comes.
-const WS_READ_BUFFER: usize = 512;
+pub(crate) const WS_READ_BUFFER: usize = 512;
 
 /// Copies the request's URI and headers out of the connection's read buffer.
 ///

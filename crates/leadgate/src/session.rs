@@ -198,7 +198,7 @@ impl TokenExpiry {
 /// and returns it.
 pub(crate) fn refresh_token(
     app: &crate::App,
-    socket: &socketioxide::extract::SocketRef,
+    expiry: Option<&TokenExpiry>,
     user: &Principal,
     data: serde_json::Value,
 ) -> Result<i64, crate::auth::AuthError> {
@@ -211,7 +211,7 @@ pub(crate) fn refresh_token(
         _ => "",
     };
     let expires_at = app.verifier.refresh_for(user, token)?;
-    if let Some(expiry) = socket.extensions.get::<TokenExpiry>() {
+    if let Some(expiry) = expiry {
         expiry.set(expires_at);
     }
     Ok(expires_at)

@@ -28,14 +28,17 @@ use leadgate_protocol::leads::{
 use leadgate_store::{CRAWL_QUEUED, Store};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use socketioxide::extract::SocketRef;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
+use crate::App;
 use crate::auth::Principal;
+use crate::client::Client as SocketClient;
 use crate::fanout::Fanout;
+use crate::limits::Bucket;
 use crate::metrics::Metrics;
+use crate::session::TokenExpiry;
 
 /// How long the pusher waits after a change for more changes, so that a
 /// burst of crawler updates costs one round of queries.
@@ -81,7 +84,8 @@ impl Frame {
 
 /// Where a client's frames go.
 pub enum Sink {
-    Socket(SocketRef),
+    /// A socket of namespace `/leads`, on either Socket.IO engine.
+    Socket(SocketClient),
     WebSocket(mpsc::Sender<Frame>),
 }
 
@@ -110,6 +114,80 @@ impl Sink {
 struct Client {
     query: LeadsQuery,
     sink: Sink,
+}
+
+/// A client of namespace `/leads`: its registration, user and request rate.
+pub struct LeadsSession {
+    pub id: u64,
+    pub principal: Principal,
+    requests: Mutex<Bucket>,
+    /// The user's connection slot, given back with the session.
+    _slot: Arc<crate::UserSlot>,
+}
+
+impl LeadsSession {
+    /// A session with a fresh client id, not yet registered.
+    pub fn new(app: &App, principal: Principal, slot: Arc<crate::UserSlot>) -> Arc<Self> {
+        Arc::new(LeadsSession {
+            id: app.leads.new_id(),
+            principal,
+            requests: Mutex::new(Bucket::new(app.limits.event_rate)),
+            _slot: slot,
+        })
+    }
+}
+
+/// Answers one event of a `/leads` socket, whichever engine serves it: the
+/// `type` is the event name, the argument the rest of the request.
+pub async fn answer(
+    app: &App,
+    client: &LeadsSession,
+    expiry: &TokenExpiry,
+    event: &str,
+    data: Option<serde_json::Value>,
+) -> Frame {
+    if !lock(&client.requests).take(app.limits.event_rate) {
+        tracing::info!(
+            client = client.id,
+            event,
+            "Refused a leads request over the rate."
+        );
+        return Frame::error(app.limits.too_many_requests());
+    }
+    if event == "refresh_token" {
+        return match crate::session::refresh_token(
+            app,
+            Some(expiry),
+            &client.principal,
+            data.unwrap_or_default(),
+        ) {
+            Ok(expires_at) => Frame::token_refreshed(expires_at),
+            Err(e) => Frame::error(e.to_string()),
+        };
+    }
+    // An event sent without a payload (`emit('sync')`) has nothing to
+    // deserialize; it means the same as an empty object.
+    let data = data.unwrap_or(serde_json::Value::Null);
+    match LeadsRequest::from_event(event, data) {
+        Ok(request) => {
+            app.leads
+                .handle(client.id, &client.principal, request)
+                .await
+        }
+        Err(e) => {
+            tracing::info!(client = client.id, event, detail = %e, "Refused a leads request.");
+            Frame::error(e.0)
+        }
+    }
+}
+
+/// Sends a frame to a `/leads` socket as the event of its `type`.
+pub fn send(app: &App, socket: &SocketClient, frame: &Frame) {
+    let result = socket.emit(frame.kind, &*frame.json);
+    app.metrics.message(frame.kind, result.is_ok());
+    if let Err(e) = result {
+        warn!(sid = %socket.id(), error = %e, "Dropped a leads message for a socket.");
+    }
 }
 
 /// A page as read once, with its two messages.

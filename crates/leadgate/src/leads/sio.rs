@@ -1,28 +1,24 @@
-//! Socket.IO namespace `/leads`: the leads conversation with the `type` as
-//! the event name.
+//! Socket.IO namespace `/leads` on socketioxide: the leads conversation with
+//! the `type` as the event name (see [`super::answer`]).
 
 use std::sync::{Arc, Mutex};
 
-use leadgate_protocol::leads::LeadsRequest;
 use serde_json::Value;
 use socketioxide::extract::{Event, SocketRef, State, TryData};
 use tracing::info;
 
-use super::{Frame, Sink};
+use super::{LeadsSession, Sink};
 use crate::App;
-use crate::auth::{AuthError, Principal, handshake_token};
-use crate::limits::Bucket;
+use crate::auth::{AuthError, handshake_token};
+use crate::client::Client;
 use crate::session::{TokenExpiry, Turn, Turnstile};
 
-/// The client's registration and user, in the socket's extensions.
+/// The client's session, in the socket's extensions.
 #[derive(Clone)]
 struct LeadsClient {
-    id: u64,
-    principal: Arc<Principal>,
+    session: Arc<LeadsSession>,
     /// The turn drawn for `leads_init`, before any request could be.
     first_turn: Arc<Mutex<Option<Turn>>>,
-    requests: Arc<Mutex<Bucket>>,
-    _slot: Arc<crate::UserSlot>,
 }
 
 /// Connect middleware: authenticates and registers the client.
@@ -47,11 +43,8 @@ pub async fn authenticate(
     // Registered in the connect handler, once the socket is connected: a
     // handshake that fails after this middleware runs no disconnect handler.
     let client = LeadsClient {
-        id: app.leads.new_id(),
-        principal: Arc::new(principal),
+        session: LeadsSession::new(&app, principal, slot),
         first_turn: Arc::new(Mutex::new(Some(turnstile.ticket()))),
-        requests: Arc::new(Mutex::new(Bucket::new(app.limits.event_rate))),
-        _slot: slot,
     };
     socket.extensions.insert(turnstile);
     socket.extensions.insert(client);
@@ -68,15 +61,16 @@ pub async fn on_connect(socket: SocketRef, State(app): State<App>) {
     let Some(client) = socket.extensions.get::<LeadsClient>() else {
         return;
     };
+    let id = client.session.id;
     app.leads
-        .register_as(client.id, Sink::Socket(socket.clone()));
+        .register_as(id, Sink::Socket(Client::Sio(socket.clone())));
     // The disconnect handler may have run already (handlers run in tasks of
     // their own); then it found nothing to remove.
     if !socket.connected() {
-        app.leads.unregister(client.id);
+        app.leads.unregister(id);
         return;
     }
-    info!(ns = socket.ns(), sid = %socket.id, user = %client.principal.sub, transport = ?socket.transport_type(), "Connected.");
+    info!(ns = socket.ns(), sid = %socket.id, user = %client.session.principal.sub, transport = ?socket.transport_type(), "Connected.");
     let turn = client
         .first_turn
         .lock()
@@ -84,7 +78,8 @@ pub async fn on_connect(socket: SocketRef, State(app): State<App>) {
         .take();
     if let Some(mut turn) = turn {
         turn.wait().await;
-        send(&app, &socket, &app.leads.current_page(client.id).await);
+        let page = app.leads.current_page(id).await;
+        super::send(&app, &Client::Sio(socket), &page);
     }
 }
 
@@ -96,58 +91,19 @@ async fn on_event(
     mut turn: Turn,
 ) {
     turn.wait().await;
-    let Some(client) = socket.extensions.get::<LeadsClient>() else {
+    let (Some(client), Some(expiry)) = (
+        socket.extensions.get::<LeadsClient>(),
+        socket.extensions.get::<TokenExpiry>(),
+    ) else {
         return;
     };
-    let allowed = client
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take(app.limits.event_rate);
-    if !allowed {
-        info!(sid = %socket.id, event, "Refused a leads request over the rate.");
-        return send(&app, &socket, &Frame::error(app.limits.too_many_requests()));
-    }
-    if event == "refresh_token" {
-        let frame = match crate::session::refresh_token(
-            &app,
-            &socket,
-            &client.principal,
-            data.unwrap_or_default(),
-        ) {
-            Ok(expires_at) => Frame::token_refreshed(expires_at),
-            Err(e) => Frame::error(e.to_string()),
-        };
-        return send(&app, &socket, &frame);
-    }
-    // An event sent without a payload (`emit('sync')`) has nothing to
-    // deserialize; it means the same as an empty object.
-    let data = data.unwrap_or(Value::Null);
-    let frame = match LeadsRequest::from_event(&event, data) {
-        Ok(request) => {
-            app.leads
-                .handle(client.id, &client.principal, request)
-                .await
-        }
-        Err(e) => {
-            info!(sid = %socket.id, event, detail = %e, "Refused a leads request.");
-            Frame::error(e.0)
-        }
-    };
-    send(&app, &socket, &frame);
+    let frame = super::answer(&app, &client.session, &expiry, &event, data.ok()).await;
+    super::send(&app, &Client::Sio(socket), &frame);
 }
 
 async fn on_disconnect(socket: SocketRef, State(app): State<App>) {
     if let Some(client) = socket.extensions.get::<LeadsClient>() {
-        app.leads.unregister(client.id);
-        info!(ns = socket.ns(), sid = %socket.id, user = %client.principal.sub, "Disconnected.");
-    }
-}
-
-fn send(app: &App, socket: &SocketRef, frame: &Frame) {
-    let result = socket.emit(frame.kind, &*frame.json);
-    app.metrics.message(frame.kind, result.is_ok());
-    if let Err(e) = result {
-        tracing::warn!(sid = %socket.id, error = %e, "Dropped a leads message for a socket.");
+        app.leads.unregister(client.session.id);
+        info!(ns = socket.ns(), sid = %socket.id, user = %client.session.principal.sub, "Disconnected.");
     }
 }

@@ -1,0 +1,940 @@
+//! leadgate's own Engine.IO 4 / Socket.IO 5 server, for clients that open a
+//! WebSocket straight away (`transport=websocket` and no session id: what
+//! socket.io-client sends with `transports: ['websocket']`, and what
+//! native and load-testing clients do). Long-polling, and WebSockets
+//! upgraded from it, stay with socketioxide.
+//!
+//! Why: an idle subscribed connection cost about 21 KiB in socketioxide,
+//! most of it in three tasks and a channel per connection. Here a
+//! connection is one task driving one state machine ([`Driver`]): it reads
+//! the WebSocket, runs the client's requests one at a time in arrival
+//! order, writes what was queued for it, and keeps the heartbeat. Others
+//! queue packets through a [`Socket`] handle; a packet meant for many
+//! clients (a `job-update`) is encoded once and shared.
+//!
+//! The namespaces and their events are those of socketioxide's side, served
+//! by the same functions ([`crate::jobs::request`], [`crate::leads`]).
+
+pub mod packet;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderName, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::{Sink, Stream};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use socketioxide::socket::Sid;
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info, warn};
+
+use self::packet::{Kind, Namespace};
+use crate::App;
+use crate::auth::{AuthError, handshake_token};
+use crate::client::Client;
+use crate::session::{Session, TokenExpiry};
+
+/// How often the server pings, and how long it waits for the pong: the
+/// values socket.io and socketioxide use.
+const PING_INTERVAL: Duration = Duration::from_secs(25);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a closing connection may take to flush what it was sent.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests of one connection waiting for the one that runs; past this,
+/// requests are refused until the client slows down.
+const WAITING_REQUESTS: usize = 64;
+/// The request headers kept for the namespaces' handshakes: what the
+/// origin check, the client address and the token may be read from.
+const KEPT_HEADERS: [HeaderName; 5] = [
+    header::ORIGIN,
+    header::HOST,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    HeaderName::from_static("x-forwarded-for"),
+];
+
+/// Every connection of the own engine on this instance.
+pub struct Engine {
+    conns: Mutex<HashMap<Sid, Arc<Conn>>>,
+    /// Packets queued per connection before more are refused.
+    queue_limit: usize,
+    max_payload: usize,
+}
+
+impl Engine {
+    pub fn new(queue_limit: usize, max_payload: usize) -> Self {
+        Engine {
+            conns: Mutex::default(),
+            queue_limit,
+            max_payload,
+        }
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<Sid, Arc<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connected sockets per namespace, in [`Namespace::ALL`] order.
+    pub fn socket_counts(&self) -> [usize; 2] {
+        let mut counts = [0; 2];
+        for conn in self.conns().values() {
+            let shared = conn.shared();
+            for ns in Namespace::ALL {
+                if shared.open(ns).is_some() {
+                    counts[ns.index()] += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Every connected socket with its token's expiry.
+    pub fn sockets(&self) -> Vec<(Socket, TokenExpiry)> {
+        let mut sockets = Vec::new();
+        for conn in self.conns().values() {
+            let shared = conn.shared();
+            for ns in Namespace::ALL {
+                if let Some(slot) = shared.open(ns) {
+                    let socket = Socket {
+                        conn: conn.clone(),
+                        sid: slot.sid,
+                        namespace: ns,
+                    };
+                    sockets.push((socket, slot.expiry.clone()));
+                }
+            }
+        }
+        sockets
+    }
+
+    /// Closes every connection (code 1001): the server is shutting down.
+    pub fn close_all(&self) -> usize {
+        let conns = self.conns();
+        for conn in conns.values() {
+            conn.close(Closing::Shutdown);
+        }
+        conns.len()
+    }
+}
+
+/// Why a packet was not queued for a client.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("the client's queue is full")]
+    Full,
+    #[error("the socket is disconnected")]
+    Closed,
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
+}
+
+/// What one connection shares with the rest of the gateway.
+struct Conn {
+    id: Sid,
+    queue_limit: usize,
+    shared: Mutex<Shared>,
+}
+
+struct Shared {
+    queue: VecDeque<Utf8Bytes>,
+    /// The connection's task, to wake when something was queued.
+    waker: Option<Waker>,
+    closing: Option<Closing>,
+    /// The connected namespaces, by [`Namespace::index`].
+    slots: [Option<Slot>; 2],
+}
+
+struct Slot {
+    sid: Sid,
+    expiry: TokenExpiry,
+    /// The server disconnected this socket; its task has yet to clean up.
+    ended: bool,
+}
+
+impl Shared {
+    fn open(&self, ns: Namespace) -> Option<&Slot> {
+        self.slots[ns.index()].as_ref().filter(|s| !s.ended)
+    }
+
+    /// Queues `packet`; `limited` packets are refused when the queue is
+    /// full, control packets (pings, disconnects) are not.
+    fn push(
+        &mut self,
+        packet: Utf8Bytes,
+        limit: Option<usize>,
+    ) -> Result<Option<Waker>, SendError> {
+        if self.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        if limit.is_some_and(|limit| self.queue.len() >= limit) {
+            return Err(SendError::Full);
+        }
+        self.queue.push_back(packet);
+        Ok(self.waker.take())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// The server is shutting down: close with 1001, clients reconnect.
+    Shutdown,
+    /// The server disconnected the last namespace.
+    Ended,
+    /// The connection is gone; nothing more is queued.
+    Closed,
+}
+
+impl Conn {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a control packet, whatever the queue holds.
+    fn control(&self, packet: impl Into<Utf8Bytes>) {
+        let woken = self.shared().push(packet.into(), None);
+        if let Ok(Some(waker)) = woken {
+            waker.wake();
+        }
+    }
+
+    fn close(&self, why: Closing) {
+        let mut shared = self.shared();
+        if shared.closing.is_none() {
+            shared.closing = Some(why);
+            if let Some(waker) = shared.waker.take() {
+                drop(shared);
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// A client's connection to one namespace, on the own engine.
+#[derive(Clone)]
+pub struct Socket {
+    conn: Arc<Conn>,
+    sid: Sid,
+    namespace: Namespace,
+}
+
+impl Socket {
+    pub fn id(&self) -> Sid {
+        self.sid
+    }
+
+    pub fn namespace(&self) -> Namespace {
+        self.namespace
+    }
+
+    /// Queues a whole packet for the client, unless its queue is full.
+    pub fn send(&self, packet: Utf8Bytes) -> Result<(), SendError> {
+        let mut shared = self.conn.shared();
+        if shared
+            .open(self.namespace)
+            .is_none_or(|s| s.sid != self.sid)
+        {
+            return Err(SendError::Closed);
+        }
+        let waker = shared.push(packet, Some(self.conn.queue_limit))?;
+        drop(shared);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Sends `event` with `data` as its one argument.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), SendError> {
+        let packet = packet::event(self.namespace, event, data)
+            .map_err(|e| SendError::Encode(e.to_string()))?;
+        self.send(packet.into())
+    }
+
+    pub fn connected(&self) -> bool {
+        self.conn
+            .shared()
+            .open(self.namespace)
+            .is_some_and(|s| s.sid == self.sid)
+    }
+
+    /// Disconnects the client from the namespace, telling it so; the
+    /// connection's task cleans up. `false` if it was not connected.
+    pub fn disconnect(&self) -> bool {
+        let mut shared = self.conn.shared();
+        let Some(slot) = shared.slots[self.namespace.index()]
+            .as_mut()
+            .filter(|s| s.sid == self.sid && !s.ended)
+        else {
+            return false;
+        };
+        slot.ended = true;
+        let woken = shared.push(packet::disconnect(self.namespace).into(), None);
+        drop(shared);
+        if let Ok(Some(waker)) = woken {
+            waker.wake();
+        }
+        true
+    }
+}
+
+/// An event of namespace `/` with one argument, encoded once for every
+/// client it goes to: as JSON for socketioxide's sockets, as a whole packet
+/// (made when first needed) for the own engine's.
+pub struct EncodedEvent {
+    name: &'static str,
+    data: Box<RawValue>,
+    packet: std::cell::OnceCell<Utf8Bytes>,
+}
+
+impl EncodedEvent {
+    pub fn new(name: &'static str, data: Box<RawValue>) -> Self {
+        EncodedEvent {
+            name,
+            data,
+            packet: std::cell::OnceCell::new(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn data(&self) -> &RawValue {
+        &self.data
+    }
+
+    pub fn packet(&self) -> Utf8Bytes {
+        self.packet
+            .get_or_init(|| packet::event_raw(Namespace::Jobs, self.name, &self.data).into())
+            .clone()
+    }
+}
+
+/// Middleware in front of socketioxide: takes the requests the own engine
+/// serves (see the module docs) and passes on every other.
+pub async fn route(State(app): State<App>, request: Request, next: Next) -> Response {
+    if !is_direct_websocket(&request) {
+        return next.run(request).await;
+    }
+    let (mut parts, _body) = request.into_parts();
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let mut headers = HeaderMap::new();
+    for name in KEPT_HEADERS {
+        for value in parts.headers.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let handshake = Handshake {
+        peer: crate::limits::peer(&parts),
+        headers,
+        query: parts.uri.query().map(str::to_owned),
+    };
+    let max = app.engine.max_payload;
+    upgrade
+        .read_buffer_size(crate::WS_READ_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| {
+            let connections = app.connections.clone();
+            connections.track_future(serve(app, ws, handshake))
+        })
+}
+
+/// `GET /socket.io/?EIO=4&transport=websocket` without a session id, asking
+/// for a WebSocket.
+fn is_direct_websocket(request: &Request) -> bool {
+    let path = request.uri().path();
+    if path.trim_end_matches('/') != "/socket.io" {
+        return false;
+    }
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return false;
+    }
+    let (mut eio4, mut websocket, mut sid) = (false, false, false);
+    for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
+        match &*key {
+            "EIO" => eio4 = value == "4",
+            "transport" => websocket = value == "websocket",
+            "sid" => sid = true,
+            _ => {}
+        }
+    }
+    eio4 && websocket && !sid
+}
+
+/// What the namespaces' handshakes read from the HTTP request.
+struct Handshake {
+    peer: Option<SocketAddr>,
+    headers: HeaderMap,
+    query: Option<String>,
+}
+
+type RequestFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Namespace `/` of a connection.
+struct Jobs {
+    socket: Socket,
+    session: Arc<Session>,
+    expiry: TokenExpiry,
+}
+
+/// Namespace `/leads` of a connection.
+struct Leads {
+    socket: Socket,
+    client: Arc<crate::leads::LeadsSession>,
+    expiry: TokenExpiry,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed it, or the transport failed.
+    Transport,
+    PingTimeout,
+    /// The client sent what is not Engine.IO / Socket.IO.
+    Malformed,
+    /// The server closed it (see [`Closing`]).
+    Server(Closing),
+}
+
+/// The state machine of one connection.
+struct Driver {
+    app: App,
+    conn: Arc<Conn>,
+    ws: WebSocket,
+    handshake: Handshake,
+    jobs: Option<Jobs>,
+    leads: Option<Leads>,
+    /// The request that runs, and those that wait for it.
+    running: Option<RequestFuture>,
+    waiting: VecDeque<RequestFuture>,
+    /// Binary messages still to come for the last binary packet; they are
+    /// not used (no event takes binary data) and are skipped.
+    attachments: usize,
+    /// Packets handed to the WebSocket but not yet flushed.
+    unflushed: bool,
+    next_ping: Instant,
+    pong_due: Option<Instant>,
+    close_by: Option<Instant>,
+    /// Set when the close frame was handed to the WebSocket.
+    close_sent: bool,
+}
+
+async fn serve(app: App, ws: WebSocket, handshake: Handshake) {
+    let conn = Arc::new(Conn {
+        id: Sid::new(),
+        queue_limit: app.engine.queue_limit,
+        shared: Mutex::new(Shared {
+            queue: VecDeque::new(),
+            waker: None,
+            closing: None,
+            slots: [None, None],
+        }),
+    });
+    let open = serde_json::json!({
+        "sid": conn.id.as_str(),
+        "upgrades": [],
+        "pingInterval": PING_INTERVAL.as_millis() as u64,
+        "pingTimeout": PING_TIMEOUT.as_millis() as u64,
+        "maxPayload": app.engine.max_payload,
+    });
+    conn.control(format!("0{open}"));
+    app.engine.conns().insert(conn.id, conn.clone());
+    // Shutdown may have begun before this connection was registered.
+    if app.stopping.is_cancelled() {
+        conn.close(Closing::Shutdown);
+    }
+    let mut driver = Driver {
+        app,
+        conn,
+        ws,
+        handshake,
+        jobs: None,
+        leads: None,
+        running: None,
+        waiting: VecDeque::new(),
+        attachments: 0,
+        unflushed: false,
+        next_ping: Instant::now() + PING_INTERVAL,
+        pong_due: None,
+        close_by: None,
+        close_sent: false,
+    };
+    let timer = tokio::time::sleep_until(driver.next_ping);
+    tokio::pin!(timer);
+    let end = std::future::poll_fn(|cx| driver.poll(cx, timer.as_mut())).await;
+    driver.finish(end);
+}
+
+impl Driver {
+    fn poll(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
+        // Bounded, so one busy connection cannot hold the thread.
+        for _ in 0..64 {
+            let mut busy = false;
+            match Pin::new(&mut self.ws).poll_next(cx) {
+                Poll::Ready(Some(Ok(message))) => {
+                    busy = true;
+                    if let Err(end) = self.on_message(message) {
+                        return Poll::Ready(end);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    debug!(conn = %self.conn.id, error = %e, "WebSocket error.");
+                    return Poll::Ready(End::Transport);
+                }
+                Poll::Ready(None) => return Poll::Ready(End::Transport),
+                Poll::Pending => {}
+            }
+            if let Some(running) = &mut self.running
+                && running.as_mut().poll(cx).is_ready()
+            {
+                self.running = None;
+            }
+            if self.running.is_none()
+                && let Some(next) = self.waiting.pop_front()
+            {
+                self.running = Some(next);
+                busy = true;
+            }
+            match self.write(cx) {
+                Ok(wrote) => busy |= wrote,
+                Err(end) => return Poll::Ready(end),
+            }
+            if let Some(deadline) = self.deadline()
+                && timer.deadline() != deadline
+            {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                if let Err(end) = self.on_timer() {
+                    return Poll::Ready(end);
+                }
+                busy = true;
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Moves queued packets into the WebSocket and flushes it; `Ok(true)`
+    /// if anything was written.
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let mut wrote = false;
+        self.reap();
+        loop {
+            let mut shared = self.conn.shared();
+            if shared.queue.is_empty() {
+                match shared.closing {
+                    Some(closing) if !self.unflushed && !self.close_sent => {
+                        drop(shared);
+                        self.close_by.get_or_insert(Instant::now() + CLOSE_TIMEOUT);
+                        match Pin::new(&mut self.ws).poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(_)) => return Err(End::Server(closing)),
+                            Poll::Pending => return Ok(wrote),
+                        }
+                        let frame = match closing {
+                            Closing::Shutdown => CloseFrame {
+                                code: close_code::AWAY,
+                                reason: "server shutting down".into(),
+                            },
+                            _ => CloseFrame {
+                                code: close_code::NORMAL,
+                                reason: Utf8Bytes::default(),
+                            },
+                        };
+                        if Pin::new(&mut self.ws)
+                            .start_send(Message::Close(Some(frame)))
+                            .is_err()
+                        {
+                            return Err(End::Server(closing));
+                        }
+                        self.close_sent = true;
+                        self.unflushed = true;
+                        continue;
+                    }
+                    _ => {
+                        if !shared
+                            .waker
+                            .as_ref()
+                            .is_some_and(|w| w.will_wake(cx.waker()))
+                        {
+                            shared.waker = Some(cx.waker().clone());
+                        }
+                        break;
+                    }
+                }
+            }
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(End::Transport),
+                Poll::Pending => break,
+            }
+            let Some(packet) = shared.queue.pop_front() else {
+                break;
+            };
+            drop(shared);
+            if Pin::new(&mut self.ws)
+                .start_send(Message::Text(packet))
+                .is_err()
+            {
+                return Err(End::Transport);
+            }
+            self.unflushed = true;
+            wrote = true;
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    if self.close_sent {
+                        let closing = self.conn.shared().closing;
+                        return Err(End::Server(closing.unwrap_or(Closing::Ended)));
+                    }
+                }
+                Poll::Ready(Err(_)) => return Err(End::Transport),
+                Poll::Pending => {}
+            }
+        }
+        Ok(wrote)
+    }
+
+    /// Cleans up namespaces the server disconnected (a token that ran out,
+    /// a client too slow); when none is left, the connection closes.
+    fn reap(&mut self) {
+        let mut ended = [false; 2];
+        {
+            let mut shared = self.conn.shared();
+            for ns in Namespace::ALL {
+                if shared.slots[ns.index()].as_ref().is_some_and(|s| s.ended) {
+                    shared.slots[ns.index()] = None;
+                    ended[ns.index()] = true;
+                }
+            }
+        }
+        if ended == [false; 2] {
+            return;
+        }
+        for ns in Namespace::ALL {
+            if ended[ns.index()] {
+                self.leave(ns, "server namespace disconnect");
+            }
+        }
+        if self.jobs.is_none() && self.leads.is_none() {
+            let mut shared = self.conn.shared();
+            if shared.closing.is_none() {
+                shared.closing = Some(Closing::Ended);
+            }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.close_by.or(self.pong_due).or(Some(self.next_ping))
+    }
+
+    fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if let Some(by) = self.close_by
+            && now >= by
+        {
+            let closing = self.conn.shared().closing.unwrap_or(Closing::Ended);
+            return Err(End::Server(closing));
+        }
+        if let Some(due) = self.pong_due {
+            if now >= due {
+                return Err(End::PingTimeout);
+            }
+            return Ok(());
+        }
+        if now >= self.next_ping {
+            self.conn.control(Utf8Bytes::from_static("2"));
+            self.pong_due = Some(now + PING_TIMEOUT);
+            self.next_ping = now + PING_INTERVAL;
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, message: Message) -> Result<(), End> {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) if self.attachments > 0 => {
+                self.attachments -= 1;
+                return Ok(());
+            }
+            Message::Binary(_) => {
+                debug!(conn = %self.conn.id, "Ignored a binary message that no packet announced.");
+                return Ok(());
+            }
+            Message::Close(_) => return Err(End::Transport),
+            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        };
+        match text.as_bytes().first() {
+            Some(b'4') => self.on_packet(&text[1..]),
+            Some(b'3') => {
+                self.pong_due = None;
+                Ok(())
+            }
+            // A client's ping (Engine.IO 3 habit, or a probe): answered.
+            Some(b'2') => {
+                self.conn.control(format!("3{}", &text[1..]));
+                Ok(())
+            }
+            Some(b'1') => Err(End::Transport),
+            // Noop and upgrade mean nothing on a WebSocket that was never
+            // upgraded.
+            Some(b'5' | b'6') => Ok(()),
+            _ => {
+                info!(conn = %self.conn.id, "Closing a connection that sent a malformed Engine.IO packet.");
+                Err(End::Malformed)
+            }
+        }
+    }
+
+    fn on_packet(&mut self, text: &str) -> Result<(), End> {
+        let packet = match packet::parse(text) {
+            Ok(packet) => packet,
+            Err(e) => {
+                info!(conn = %self.conn.id, error = %e, "Closing a connection that sent a malformed Socket.IO packet.");
+                return Err(End::Malformed);
+            }
+        };
+        self.attachments = packet.attachments;
+        let ns = Namespace::from_path(packet.namespace);
+        match (packet.kind, ns) {
+            (Kind::Connect, None) => {
+                self.conn
+                    .control(packet::connect_error(packet.namespace, "Invalid namespace"));
+            }
+            (Kind::Connect, Some(ns)) => self.connect(ns, packet.data),
+            (Kind::Disconnect, Some(ns)) => {
+                let mut shared = self.conn.shared();
+                if shared.slots[ns.index()].take().is_some() {
+                    drop(shared);
+                    self.leave(ns, "client namespace disconnect");
+                }
+            }
+            (Kind::Event | Kind::BinaryEvent, Some(ns)) => {
+                self.on_event(ns, packet.ack, packet.data);
+            }
+            // The server asks for no acks; a connect error is the server's
+            // to send.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn connect(&mut self, ns: Namespace, data: &str) {
+        if self.conn.shared().slots[ns.index()].is_some() {
+            debug!(conn = %self.conn.id, ns = ns.path(), "Ignored a second connect to a namespace.");
+            return;
+        }
+        let auth: Option<Value> = serde_json::from_str(data).ok();
+        let app = &self.app;
+        let handshake = &self.handshake;
+        let admitted = app
+            .admit(handshake.peer, &handshake.headers)
+            .and_then(|()| {
+                handshake_token(
+                    auth.as_ref(),
+                    &handshake.headers,
+                    handshake.query.as_deref(),
+                )
+            })
+            .and_then(|token| app.verifier.verify(&token))
+            .and_then(|principal| Ok((app.user_slot(&principal.sub)?, principal)));
+        let sid = Sid::new();
+        let (slot, principal) = match admitted {
+            Ok(admitted) => admitted,
+            Err(e) => return self.refuse_connect(ns, sid, &e),
+        };
+        let expiry = TokenExpiry::new(principal.expires_at);
+        let socket = Socket {
+            conn: self.conn.clone(),
+            sid,
+            namespace: ns,
+        };
+        info!(ns = ns.path(), %sid, user = %principal.sub, transport = "websocket", "Connected.");
+        {
+            let mut shared = self.conn.shared();
+            shared.slots[ns.index()] = Some(Slot {
+                sid,
+                expiry: expiry.clone(),
+                ended: false,
+            });
+            let _ = shared.push(packet::connected(ns, sid.as_str()).into(), None);
+        }
+        match ns {
+            Namespace::Jobs => {
+                let session = Session::new(principal, slot, app.limits.event_rate);
+                self.jobs = Some(Jobs {
+                    socket,
+                    session,
+                    expiry,
+                });
+            }
+            Namespace::Leads => {
+                let client = crate::leads::LeadsSession::new(app, principal, slot);
+                app.leads.register_as(
+                    client.id,
+                    crate::leads::Sink::Socket(Client::Own(socket.clone())),
+                );
+                // The page comes first, before any request's answer.
+                let (app, first) = (app.clone(), socket.clone());
+                let id = client.id;
+                self.queue(Box::pin(async move {
+                    let page = app.leads.current_page(id).await;
+                    crate::leads::send(&app, &Client::Own(first), &page);
+                }));
+                self.leads = Some(Leads {
+                    socket,
+                    client,
+                    expiry,
+                });
+            }
+        }
+    }
+
+    fn refuse_connect(&self, ns: Namespace, sid: Sid, e: &AuthError) {
+        info!(ns = ns.path(), %sid, reason = %e, "Refused a connection.");
+        self.conn
+            .control(packet::connect_error(ns.path(), &e.to_string()));
+    }
+
+    fn on_event(&mut self, ns: Namespace, ack: Option<u64>, data: &str) {
+        let Some((event, args)) = packet::event_args(data) else {
+            info!(conn = %self.conn.id, ns = ns.path(), "Ignored an event packet without an event name.");
+            return;
+        };
+        let app = self.app.clone();
+        let request: RequestFuture = match ns {
+            Namespace::Jobs => {
+                let Some(jobs) = &self.jobs else { return };
+                if self.waiting.len() >= WAITING_REQUESTS {
+                    let client = Client::Own(jobs.socket.clone());
+                    let answer =
+                        crate::jobs::refuse(&client, &event, &app.limits.too_many_requests());
+                    return answer_with(&jobs.socket, ack, &answer);
+                }
+                let (socket, session, expiry) = (
+                    jobs.socket.clone(),
+                    jobs.session.clone(),
+                    jobs.expiry.clone(),
+                );
+                Box::pin(async move {
+                    let client = Client::Own(socket.clone());
+                    let answer =
+                        crate::jobs::request(&app, &client, &session, &expiry, &event, args).await;
+                    if let Some(answer) = answer {
+                        answer_with(&socket, ack, &answer);
+                    }
+                })
+            }
+            Namespace::Leads => {
+                let Some(leads) = &self.leads else { return };
+                let client = Client::Own(leads.socket.clone());
+                if self.waiting.len() >= WAITING_REQUESTS {
+                    info!(sid = %leads.socket.sid, event, "Refused a leads request over the rate.");
+                    let refusal = crate::leads::Frame::error(app.limits.too_many_requests());
+                    return crate::leads::send(&app, &client, &refusal);
+                }
+                let (session, expiry) = (leads.client.clone(), leads.expiry.clone());
+                Box::pin(async move {
+                    let frame = crate::leads::answer(&app, &session, &expiry, &event, args).await;
+                    crate::leads::send(&app, &client, &frame);
+                })
+            }
+        };
+        self.queue(request);
+    }
+
+    fn queue(&mut self, request: RequestFuture) {
+        self.waiting.push_back(request);
+    }
+
+    /// Ends this connection's socket of `ns`, if it has one.
+    fn leave(&mut self, ns: Namespace, reason: &str) {
+        match ns {
+            Namespace::Jobs => {
+                if let Some(jobs) = self.jobs.take() {
+                    for job in jobs.session.close() {
+                        self.app.hub.end(job, jobs.socket.sid, None);
+                    }
+                    info!(ns = "/", sid = %jobs.socket.sid, user = %jobs.session.principal.sub, reason, "Disconnected.");
+                }
+            }
+            Namespace::Leads => {
+                if let Some(leads) = self.leads.take() {
+                    self.app.leads.unregister(leads.client.id);
+                    info!(ns = "/leads", sid = %leads.socket.sid, user = %leads.client.principal.sub, reason, "Disconnected.");
+                }
+            }
+        }
+    }
+
+    fn finish(mut self, end: End) {
+        {
+            let mut shared = self.conn.shared();
+            shared.closing = Some(Closing::Closed);
+            shared.queue = VecDeque::new();
+            shared.slots = [None, None];
+            shared.waker = None;
+        }
+        let reason = match end {
+            End::Transport => "transport close",
+            End::PingTimeout => "ping timeout",
+            End::Malformed => "malformed packet",
+            End::Server(Closing::Shutdown) => "server shutting down",
+            End::Server(_) => "server namespace disconnect",
+        };
+        for ns in Namespace::ALL {
+            self.leave(ns, reason);
+        }
+        self.app.engine.conns().remove(&self.conn.id);
+        if end == End::Malformed {
+            // Told why, as far as the client still listens.
+            let frame = CloseFrame {
+                code: close_code::PROTOCOL,
+                reason: "malformed packet".into(),
+            };
+            let mut ws = self.ws;
+            tokio::spawn(async move {
+                let _ =
+                    tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
+            });
+        }
+    }
+}
+
+/// Sends `answer` as the ack of a request that asked for one.
+fn answer_with<T: Serialize>(socket: &Socket, ack: Option<u64>, answer: &T) {
+    let Some(id) = ack else { return };
+    match packet::ack(socket.namespace, id, answer) {
+        Ok(packet) => {
+            if let Err(e) = socket.send(packet.into()) {
+                debug!(sid = %socket.sid, error = %e, "Dropped an ack.");
+            }
+        }
+        Err(e) => warn!(sid = %socket.sid, error = %e, "Could not encode an ack."),
+    }
+}
