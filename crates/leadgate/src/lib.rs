@@ -550,7 +550,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Bytes of a WebSocket connection's read buffer until a larger frame comes.
-pub(crate) const WS_READ_BUFFER: usize = 512;
+const WS_READ_BUFFER: usize = 512;
 
 /// Copies the request's URI and headers out of the connection's read buffer.
 ///

@@ -50,6 +50,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(25);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing connection may take to flush what it was sent.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes of a connection's read buffer. Clients send small packets (pongs,
+/// requests); a larger frame grows the buffer when it comes.
+const READ_BUFFER: usize = 256;
 /// Requests of one connection waiting for the one that runs; past this,
 /// requests are refused until the client slows down.
 const WAITING_REQUESTS: usize = 64;
@@ -331,25 +334,30 @@ pub async fn route(State(app): State<App>, request: Request, next: Next) -> Resp
         Ok(upgrade) => upgrade,
         Err(rejection) => return rejection.into_response(),
     };
-    let mut headers = HeaderMap::new();
+    // Sized to what is kept: an empty map does not allocate.
+    let kept = KEPT_HEADERS
+        .iter()
+        .map(|name| parts.headers.get_all(name).iter().count())
+        .sum();
+    let mut headers = HeaderMap::with_capacity(kept);
     for name in KEPT_HEADERS {
         for value in parts.headers.get_all(&name) {
             headers.append(name.clone(), value.clone());
         }
     }
-    let handshake = Handshake {
+    let handshake = Box::new(Handshake {
         peer: crate::limits::peer(&parts),
         headers,
         query: parts.uri.query().map(str::to_owned),
-    };
+    });
     let max = app.engine.max_payload;
     upgrade
-        .read_buffer_size(crate::WS_READ_BUFFER)
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| {
             let connections = app.connections.clone();
-            connections.track_future(serve(app, ws, handshake))
+            connections.track_future(Driver::new(app, ws, handshake).run())
         })
 }
 
@@ -420,7 +428,8 @@ struct Driver {
     app: App,
     conn: Arc<Conn>,
     ws: WebSocket,
-    handshake: Handshake,
+    /// Boxed: it is read only when a namespace connects.
+    handshake: Box<Handshake>,
     jobs: Option<Jobs>,
     leads: Option<Leads>,
     /// The request that runs, and those that wait for it.
@@ -438,50 +447,56 @@ struct Driver {
     close_sent: bool,
 }
 
-async fn serve(app: App, ws: WebSocket, handshake: Handshake) {
-    let conn = Arc::new(Conn {
-        id: Sid::new(),
-        queue_limit: app.engine.queue_limit,
-        shared: Mutex::new(Shared {
-            queue: VecDeque::new(),
-            waker: None,
-            closing: None,
-            slots: [None, None],
-        }),
-    });
-    let open = serde_json::json!({
-        "sid": conn.id.as_str(),
-        "upgrades": [],
-        "pingInterval": PING_INTERVAL.as_millis() as u64,
-        "pingTimeout": PING_TIMEOUT.as_millis() as u64,
-        "maxPayload": app.engine.max_payload,
-    });
-    conn.control(format!("0{open}"));
-    app.engine.conns().insert(conn.id, conn.clone());
-    // Shutdown may have begun before this connection was registered.
-    if app.stopping.is_cancelled() {
-        conn.close(Closing::Shutdown);
+impl Driver {
+    /// Registers a new connection and queues its open packet.
+    fn new(app: App, ws: WebSocket, handshake: Box<Handshake>) -> Driver {
+        let conn = Arc::new(Conn {
+            id: Sid::new(),
+            queue_limit: app.engine.queue_limit,
+            shared: Mutex::new(Shared {
+                queue: VecDeque::new(),
+                waker: None,
+                closing: None,
+                slots: [None, None],
+            }),
+        });
+        conn.control(packet::open(
+            conn.id.as_str(),
+            PING_INTERVAL,
+            PING_TIMEOUT,
+            app.engine.max_payload,
+        ));
+        app.engine.conns().insert(conn.id, conn.clone());
+        // Shutdown may have begun before this connection was registered.
+        if app.stopping.is_cancelled() {
+            conn.close(Closing::Shutdown);
+        }
+        Driver {
+            app,
+            conn,
+            ws,
+            handshake,
+            jobs: None,
+            leads: None,
+            running: None,
+            waiting: VecDeque::new(),
+            attachments: 0,
+            unflushed: false,
+            next_ping: Instant::now() + PING_INTERVAL,
+            pong_due: None,
+            close_by: None,
+            close_sent: false,
+        }
     }
-    let mut driver = Driver {
-        app,
-        conn,
-        ws,
-        handshake,
-        jobs: None,
-        leads: None,
-        running: None,
-        waiting: VecDeque::new(),
-        attachments: 0,
-        unflushed: false,
-        next_ping: Instant::now() + PING_INTERVAL,
-        pong_due: None,
-        close_by: None,
-        close_sent: false,
-    };
-    let timer = tokio::time::sleep_until(driver.next_ping);
-    tokio::pin!(timer);
-    let end = std::future::poll_fn(|cx| driver.poll(cx, timer.as_mut())).await;
-    driver.finish(end);
+
+    /// Serves the connection until it ends. (The driver is built before,
+    /// so that this future holds it once.)
+    async fn run(mut self) {
+        let timer = tokio::time::sleep_until(self.next_ping);
+        tokio::pin!(timer);
+        let end = std::future::poll_fn(|cx| self.poll(cx, timer.as_mut())).await;
+        self.finish(end);
+    }
 }
 
 impl Driver {
@@ -668,6 +683,13 @@ impl Driver {
             return Ok(());
         }
         if now >= self.next_ping {
+            {
+                // An idle connection gives back its queue's memory.
+                let mut shared = self.conn.shared();
+                if shared.queue.is_empty() {
+                    shared.queue.shrink_to_fit();
+                }
+            }
             self.conn.control(Utf8Bytes::from_static("2"));
             self.pong_due = Some(now + PING_TIMEOUT);
             self.next_ping = now + PING_INTERVAL;

@@ -6,6 +6,7 @@
 //! with Engine.IO's `4`.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -144,6 +145,15 @@ fn start(out: &mut String, kind: char, namespace: &str) {
         out.push_str(namespace);
         out.push(',');
     }
+}
+
+/// Engine.IO's open packet: the session id and the heartbeat's terms.
+pub fn open(sid: &str, ping_interval: Duration, ping_timeout: Duration, max_payload: usize) -> String {
+    format!(
+        "0{{\"sid\":\"{sid}\",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{max_payload}}}",
+        ping_interval.as_millis(),
+        ping_timeout.as_millis(),
+    )
 }
 
 /// `42[<event>,<data>]`: an event with one argument, already encoded.
@@ -301,5 +311,11 @@ mod tests {
             "44/nope,{\"message\":\"Invalid namespace\"}"
         );
         assert_eq!(disconnect(Namespace::Jobs), "41");
+        let open = open("abc", Duration::from_secs(25), Duration::from_secs(20), 1000);
+        let json: Value = serde_json::from_str(&open[1..]).expect("JSON after the 0");
+        assert_eq!(
+            json,
+            serde_json::json!({"sid": "abc", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000})
+        );
     }
 }
