@@ -52,7 +52,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a connection's read buffer. Clients send small packets (pongs,
 /// requests); a larger frame grows the buffer when it comes.
-const READ_BUFFER: usize = 256;
+const READ_BUFFER: usize = 128;
 /// Requests of one connection waiting for the one that runs; past this,
 /// requests are refused until the client slows down.
 const WAITING_REQUESTS: usize = 64;
@@ -356,8 +356,11 @@ pub async fn route(State(app): State<App>, request: Request, next: Next) -> Resp
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| {
+            // A task of its own: the upgrade's task, which ends here, holds
+            // more than a connection needs for its life.
             let connections = app.connections.clone();
-            connections.track_future(Driver::new(app, ws, handshake).run())
+            connections.spawn(Driver::new(app, ws, handshake).run());
+            std::future::ready(())
         })
 }
 
@@ -489,13 +492,26 @@ impl Driver {
         }
     }
 
-    /// Serves the connection until it ends. (The driver is built before,
-    /// so that this future holds it once.)
-    async fn run(mut self) {
-        let timer = tokio::time::sleep_until(self.next_ping);
-        tokio::pin!(timer);
-        let end = std::future::poll_fn(|cx| self.poll(cx, timer.as_mut())).await;
-        self.finish(end);
+    /// Serves the connection until it ends.
+    ///
+    /// Not an `async fn`: one would keep its argument twice, as the
+    /// argument and as the body's binding, and a connection would carry
+    /// two drivers.
+    fn run(self) -> impl Future<Output = ()> + Send {
+        let mut timer = Box::pin(tokio::time::sleep_until(self.next_ping));
+        let mut driver = Some(self);
+        std::future::poll_fn(move |cx| {
+            let Some(running) = driver.as_mut() else {
+                return Poll::Ready(());
+            };
+            let Poll::Ready(end) = running.poll(cx, timer.as_mut()) else {
+                return Poll::Pending;
+            };
+            if let Some(ended) = driver.take() {
+                ended.finish(end);
+            }
+            Poll::Ready(())
+        })
     }
 }
 
@@ -504,6 +520,7 @@ impl Driver {
         // Bounded, so one busy connection cannot hold the thread.
         for _ in 0..64 {
             let mut busy = false;
+            self.reap();
             match Pin::new(&mut self.ws).poll_next(cx) {
                 Poll::Ready(Some(Ok(message))) => {
                     busy = true;
@@ -533,16 +550,17 @@ impl Driver {
                 Ok(wrote) => busy |= wrote,
                 Err(end) => return Poll::Ready(end),
             }
-            if let Some(deadline) = self.deadline()
-                && timer.deadline() != deadline
-            {
+            let deadline = self.deadline();
+            if timer.deadline() != deadline {
                 timer.as_mut().reset(deadline);
             }
             if timer.as_mut().poll(cx).is_ready() {
                 if let Err(end) = self.on_timer() {
                     return Poll::Ready(end);
                 }
-                busy = true;
+                // Polled again with the next deadline; one that did not
+                // move would fire at once, so it waits for the next wake.
+                busy |= self.deadline() != timer.deadline();
             }
             if !busy {
                 return Poll::Pending;
@@ -556,14 +574,17 @@ impl Driver {
     /// if anything was written.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut wrote = false;
-        self.reap();
         loop {
             let mut shared = self.conn.shared();
+            // A closing connection gets a moment to flush, however stuck
+            // its client is.
+            if shared.closing.is_some() && self.close_by.is_none() {
+                self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
             if shared.queue.is_empty() {
                 match shared.closing {
                     Some(closing) if !self.unflushed && !self.close_sent => {
                         drop(shared);
-                        self.close_by.get_or_insert(Instant::now() + CLOSE_TIMEOUT);
                         match Pin::new(&mut self.ws).poll_ready(cx) {
                             Poll::Ready(Ok(())) => {}
                             Poll::Ready(Err(_)) => return Err(End::Server(closing)),
@@ -664,8 +685,10 @@ impl Driver {
         }
     }
 
-    fn deadline(&self) -> Option<Instant> {
-        self.close_by.or(self.pong_due).or(Some(self.next_ping))
+    /// When the timer should fire next: the close's limit, else the pong's,
+    /// else the next ping.
+    fn deadline(&self) -> Instant {
+        self.close_by.or(self.pong_due).unwrap_or(self.next_ping)
     }
 
     fn on_timer(&mut self) -> Result<(), End> {

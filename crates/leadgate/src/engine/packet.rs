@@ -148,7 +148,12 @@ fn start(out: &mut String, kind: char, namespace: &str) {
 }
 
 /// Engine.IO's open packet: the session id and the heartbeat's terms.
-pub fn open(sid: &str, ping_interval: Duration, ping_timeout: Duration, max_payload: usize) -> String {
+pub fn open(
+    sid: &str,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    max_payload: usize,
+) -> String {
     format!(
         "0{{\"sid\":\"{sid}\",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{max_payload}}}",
         ping_interval.as_millis(),
@@ -311,7 +316,12 @@ mod tests {
             "44/nope,{\"message\":\"Invalid namespace\"}"
         );
         assert_eq!(disconnect(Namespace::Jobs), "41");
-        let open = open("abc", Duration::from_secs(25), Duration::from_secs(20), 1000);
+        let open = open(
+            "abc",
+            Duration::from_secs(25),
+            Duration::from_secs(20),
+            1000,
+        );
         let json: Value = serde_json::from_str(&open[1..]).expect("JSON after the 0");
         assert_eq!(
             json,
