@@ -24,6 +24,7 @@ macro_rules! on_every_backend {
 }
 
 mod auth;
+mod engine;
 mod fanout;
 mod hostile;
 mod jobs;

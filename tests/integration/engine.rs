@@ -1,0 +1,195 @@
+//! The wire of leadgate's own Engine.IO engine, which serves WebSockets
+//! opened straight away: one connection carrying both namespaces, what it
+//! answers to what a stock client never sends, and that it counts and
+//! forgets its sockets.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use leadgate_tests::{Backend, Gateway};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(gw: &Gateway) -> (Ws, Value) {
+    let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", gw.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = next_text(&mut ws).await;
+    let handshake = serde_json::from_str(open.strip_prefix('0').expect("an open packet")).unwrap();
+    (ws, handshake)
+}
+
+/// The next text frame, answering pings; panics after 5 s.
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the connection is open")
+            .unwrap();
+        match frame {
+            Message::Text(text) if text.as_str() == "2" => {
+                ws.send(Message::text("3")).await.unwrap();
+            }
+            Message::Text(text) => return text.to_string(),
+            _ => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, text: String) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+/// The packet after `prefix`, parsed as JSON.
+fn after(packet: &str, prefix: &str) -> Value {
+    let rest = packet
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{packet:?} does not start with {prefix:?}"));
+    serde_json::from_str(rest).unwrap()
+}
+
+async fn connections(gw: &Gateway, namespace: &str) -> f64 {
+    let text = gw
+        .http
+        .get(gw.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series =
+        format!("leadgate_connections{{namespace=\"{namespace}\",transport=\"websocket\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+async fn one_connection_carries_both_namespaces(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    let job = gw.create_job("alice").await;
+    let (mut ws, handshake) = open(&gw).await;
+    assert_eq!(handshake["upgrades"], json!([]));
+    assert_eq!(handshake["pingInterval"], json!(25000));
+    assert_eq!(handshake["pingTimeout"], json!(20000));
+    assert!(handshake["sid"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(handshake["maxPayload"].as_u64().is_some());
+
+    let auth = json!({ "token": gw.token("alice") });
+    send(&mut ws, format!("40{auth}")).await;
+    let jobs_sid = after(&next_text(&mut ws).await, "40")["sid"].clone();
+    send(&mut ws, format!("40/leads,{auth}")).await;
+    let leads_sid = after(&next_text(&mut ws).await, "40/leads,")["sid"].clone();
+    assert!(jobs_sid.is_string() && leads_sid.is_string() && jobs_sid != leads_sid);
+    assert_eq!(
+        after(&next_text(&mut ws).await, "42/leads,")[0],
+        "leads_init"
+    );
+    assert_eq!(connections(&gw, "/").await, 1.0);
+    assert_eq!(connections(&gw, "/leads").await, 1.0);
+
+    // A namespace that does not exist is answered on that namespace; the
+    // connection goes on.
+    send(&mut ws, "40/nowhere,".into()).await;
+    assert_eq!(
+        after(&next_text(&mut ws).await, "44/nowhere,"),
+        json!({ "message": "Invalid namespace" })
+    );
+
+    // Requests and acks on `/`, then an update.
+    send(&mut ws, format!("427[\"subscribe-job\",\"{job}\"]")).await;
+    assert_eq!(after(&next_text(&mut ws).await, "437"), json!([{ "ok": true }]));
+    let status = after(&next_text(&mut ws).await, "42");
+    assert_eq!(status[0], "job-status");
+    assert_eq!(status[1]["jobId"], json!(job));
+    gw.post_event(job, json!({ "type": "progress", "progress": 10, "processedLeads": 1, "totalLeads": 10 }))
+        .await;
+    let update = after(&next_text(&mut ws).await, "42");
+    assert_eq!((update[0].clone(), update[1]["seq"].clone()), (json!("job-update"), json!(1)));
+
+    // Leaving `/leads` leaves `/` as it was.
+    send(&mut ws, "41/leads,".into()).await;
+    send(&mut ws, "42/leads,[\"get_leads\",{}]".into()).await;
+    gw.post_event(job, json!({ "type": "progress", "progress": 20, "processedLeads": 2, "totalLeads": 10 }))
+        .await;
+    let update = after(&next_text(&mut ws).await, "42");
+    assert_eq!(update[1]["seq"], json!(2), "nothing for the namespace left");
+    assert_eq!(connections(&gw, "/leads").await, 0.0);
+
+    // A client's ping is answered.
+    send(&mut ws, "2probe".into()).await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+
+    ws.close(None).await.unwrap();
+    for _ in 0..50 {
+        if connections(&gw, "/").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(connections(&gw, "/").await, 0.0, "a closed connection is forgotten");
+    gw.shutdown().await;
+}
+
+async fn what_stock_clients_never_send_is_handled(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    let job = gw.create_job("bob").await;
+    let (mut ws, _) = open(&gw).await;
+
+    // Events before the namespace is connected are not served.
+    send(&mut ws, format!("421[\"subscribe-job\",\"{job}\"]")).await;
+    send(&mut ws, "40{\"token\":\"garbage\"}".into()).await;
+    assert_eq!(
+        after(&next_text(&mut ws).await, "44"),
+        json!({ "message": "invalid token: malformed" })
+    );
+    let auth = json!({ "token": gw.token("bob") });
+    send(&mut ws, format!("40{auth}")).await;
+    let connected = next_text(&mut ws).await;
+    assert!(connected.starts_with("40{"), "{connected}");
+
+    // A binary event: its attachment is skipped, the event refused.
+    send(
+        &mut ws,
+        "451-2[\"subscribe-job\",{\"_placeholder\":true,\"num\":0}]".into(),
+    )
+    .await;
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let error = after(&next_text(&mut ws).await, "42");
+    assert_eq!(error[0], "error");
+    assert!(error[1]["message"].as_str().unwrap().contains("UUID"));
+    assert_eq!(
+        after(&next_text(&mut ws).await, "432"),
+        json!([{ "ok": false, "error": "jobId must be a UUID string" }])
+    );
+
+    // Then the connection serves as before: the binary frame was not taken
+    // for a packet.
+    send(&mut ws, format!("423[\"subscribe-job\",\"{job}\"]")).await;
+    assert_eq!(after(&next_text(&mut ws).await, "433"), json!([{ "ok": true }]));
+    assert_eq!(after(&next_text(&mut ws).await, "42")[0], "job-status");
+
+    // A packet that is not Socket.IO closes the connection with a reason.
+    send(&mut ws, "4x".into()).await;
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 1002);
+    assert_eq!(close.reason.as_str(), "malformed packet");
+    gw.shutdown().await;
+}
+
+on_every_backend!(
+    one_connection_carries_both_namespaces,
+    what_stock_clients_never_send_is_handled,
+);
