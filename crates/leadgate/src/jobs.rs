@@ -130,7 +130,7 @@ pub(crate) async fn request(
     let event = match event {
         "subscribe-job" => "subscribe-job",
         "unsubscribe-job" => "unsubscribe-job",
-        "refresh-token" => "refresh-token",
+        "refresh-token" => return Some(refresh(app, client, session, expiry, arg)),
         _ => {
             debug!(sid = %client.id(), event, "Ignored an unknown event.");
             return None;
@@ -139,26 +139,41 @@ pub(crate) async fn request(
     if !session.allow_request(app.limits.event_rate) {
         return Some(refuse(client, event, &app.limits.too_many_requests()));
     }
-    let outcome = match event {
-        "subscribe-job" => subscribe_job(app, client, session, arg).await,
-        "unsubscribe-job" => unsubscribe_job(app, client, session, arg),
-        _ => match crate::session::refresh_token(
-            app,
-            Some(expiry),
-            &session.principal,
-            arg.unwrap_or_default(),
-        ) {
-            Ok(_) => {
-                debug!(sid = %client.id(), "Token refreshed.");
-                Ok(true)
-            }
-            Err(e) => Err(e.to_string()),
-        },
+    let outcome = if event == "subscribe-job" {
+        subscribe_job(app, client, session, arg).await
+    } else {
+        unsubscribe_job(app, client, session, arg)
     };
     match outcome {
         Ok(true) => Some(Ack::ok()),
         Ok(false) => None,
         Err(message) => Some(refuse(client, event, &message)),
+    }
+}
+
+/// `refresh-token`: takes a fresh token for the same user; the answer for
+/// its ack.
+pub(crate) fn refresh(
+    app: &App,
+    client: &Client,
+    session: &Session,
+    expiry: &TokenExpiry,
+    arg: Option<Value>,
+) -> Ack {
+    if !session.allow_request(app.limits.event_rate) {
+        return refuse(client, "refresh-token", &app.limits.too_many_requests());
+    }
+    match crate::session::refresh_token(
+        app,
+        Some(expiry),
+        &session.principal,
+        arg.unwrap_or_default(),
+    ) {
+        Ok(_) => {
+            debug!(sid = %client.id(), "Token refreshed.");
+            Ack::ok()
+        }
+        Err(e) => refuse(client, "refresh-token", &e.to_string()),
     }
 }
 

@@ -36,7 +36,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
 use tokio::time::{Instant, Sleep};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::packet::{Kind, Namespace};
 use crate::App;
@@ -53,9 +53,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a connection's read buffer. Clients send small packets (pongs,
 /// requests); a larger frame grows the buffer when it comes.
 const READ_BUFFER: usize = 128;
-/// Requests of one connection waiting for the one that runs; past this,
-/// requests are refused until the client slows down.
+/// Requests of one namespace waiting for the one that runs; while as many
+/// wait, the connection is not read (the client's sends slow down).
 const WAITING_REQUESTS: usize = 64;
+/// How long a connection may stay without a namespace before it is closed:
+/// socket.io's connect timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 /// The request headers kept for the namespaces' handshakes: what the
 /// origin check, the client address and the token may be read from.
 const KEPT_HEADERS: [HeaderName; 5] = [
@@ -169,8 +172,13 @@ impl Shared {
         self.slots[ns.index()].as_ref().filter(|s| !s.ended)
     }
 
-    /// Queues `packet`; `limited` packets are refused when the queue is
-    /// full, control packets (pings, disconnects) are not.
+    /// Queues `packet`, refused when the queue already holds `limit`.
+    /// Packets without a limit are the connection's own (the open packet,
+    /// pings, a namespace's connect and disconnect): a few at a time.
+    ///
+    /// Returns the waker to wake, only when the queue was empty: otherwise
+    /// the task already has a reason to run (it is writing, or the socket
+    /// will tell it when it takes more).
     fn push(
         &mut self,
         packet: Utf8Bytes,
@@ -182,8 +190,9 @@ impl Shared {
         if limit.is_some_and(|limit| self.queue.len() >= limit) {
             return Err(SendError::Full);
         }
+        let was_empty = self.queue.is_empty();
         self.queue.push_back(packet);
-        Ok(self.waker.take())
+        Ok(if was_empty { self.waker.clone() } else { None })
     }
 }
 
@@ -191,8 +200,11 @@ impl Shared {
 enum Closing {
     /// The server is shutting down: close with 1001, clients reconnect.
     Shutdown,
-    /// The server disconnected the last namespace.
+    /// No namespace is left: the server disconnected the last one, or the
+    /// client joined none in time.
     Ended,
+    /// The client sent what is not Engine.IO / Socket.IO: close with 1002.
+    Malformed,
     /// The connection is gone; nothing more is queued.
     Closed,
 }
@@ -202,20 +214,26 @@ impl Conn {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a control packet, whatever the queue holds.
-    fn control(&self, packet: impl Into<Utf8Bytes>) {
-        let woken = self.shared().push(packet.into(), None);
-        if let Ok(Some(waker)) = woken {
+    /// Queues a packet of the connection's own (see [`Shared::push`]), or
+    /// with the queue's limit.
+    fn push(&self, packet: impl Into<Utf8Bytes>, limited: bool) -> Result<(), SendError> {
+        let limit = limited.then_some(self.queue_limit);
+        let waker = self.shared().push(packet.into(), limit)?;
+        if let Some(waker) = waker {
             waker.wake();
         }
+        Ok(())
     }
 
+    /// Closes the connection once what is queued is written (for at most
+    /// [`CLOSE_TIMEOUT`]).
     fn close(&self, why: Closing) {
         let mut shared = self.shared();
         if shared.closing.is_none() {
             shared.closing = Some(why);
-            if let Some(waker) = shared.waker.take() {
-                drop(shared);
+            let waker = shared.waker.clone();
+            drop(shared);
+            if let Some(waker) = waker {
                 waker.wake();
             }
         }
@@ -281,9 +299,11 @@ impl Socket {
             return false;
         };
         slot.ended = true;
-        let woken = shared.push(packet::disconnect(self.namespace).into(), None);
+        // Woken whatever the queue holds: the task has to clean up.
+        let _ = shared.push(packet::disconnect(self.namespace).into(), None);
+        let waker = shared.waker.clone();
         drop(shared);
-        if let Ok(Some(waker)) = woken {
+        if let Some(waker) = waker {
             waker.wake();
         }
         true
@@ -420,13 +440,24 @@ enum End {
     /// The client closed it, or the transport failed.
     Transport,
     PingTimeout,
-    /// The client sent what is not Engine.IO / Socket.IO.
-    Malformed,
     /// The server closed it (see [`Closing`]).
     Server(Closing),
 }
 
-/// The state machine of one connection.
+impl End {
+    fn reason(self) -> &'static str {
+        match self {
+            End::Transport => "transport close",
+            End::PingTimeout => "ping timeout",
+            End::Server(Closing::Shutdown) => "server shutting down",
+            End::Server(Closing::Malformed) => "malformed packet",
+            End::Server(_) => "server namespace disconnect",
+        }
+    }
+}
+
+/// The state machine of one connection. Dropping it ends the connection's
+/// sockets, however it ended.
 struct Driver {
     app: App,
     conn: Arc<Conn>,
@@ -435,9 +466,11 @@ struct Driver {
     handshake: Box<Handshake>,
     jobs: Option<Jobs>,
     leads: Option<Leads>,
-    /// The request that runs, and those that wait for it.
-    running: Option<RequestFuture>,
-    waiting: VecDeque<RequestFuture>,
+    /// Per namespace, the request that runs and those that wait for it:
+    /// one namespace's requests run in the order they came, and neither
+    /// namespace waits for the other's.
+    running: [Option<RequestFuture>; 2],
+    waiting: [VecDeque<RequestFuture>; 2],
     /// Binary messages still to come for the last binary packet; they are
     /// not used (no event takes binary data) and are skipped.
     attachments: usize,
@@ -445,9 +478,12 @@ struct Driver {
     unflushed: bool,
     next_ping: Instant,
     pong_due: Option<Instant>,
+    /// While no namespace is connected: when the connection is closed.
+    connect_by: Option<Instant>,
     close_by: Option<Instant>,
     /// Set when the close frame was handed to the WebSocket.
     close_sent: bool,
+    end: Option<End>,
 }
 
 impl Driver {
@@ -463,17 +499,19 @@ impl Driver {
                 slots: [None, None],
             }),
         });
-        conn.control(packet::open(
+        let open = packet::open(
             conn.id.as_str(),
             PING_INTERVAL,
             PING_TIMEOUT,
             app.engine.max_payload,
-        ));
+        );
+        let _ = conn.push(open, false);
         app.engine.conns().insert(conn.id, conn.clone());
         // Shutdown may have begun before this connection was registered.
         if app.stopping.is_cancelled() {
             conn.close(Closing::Shutdown);
         }
+        let now = Instant::now();
         Driver {
             app,
             conn,
@@ -481,14 +519,16 @@ impl Driver {
             handshake,
             jobs: None,
             leads: None,
-            running: None,
-            waiting: VecDeque::new(),
+            running: [None, None],
+            waiting: [VecDeque::new(), VecDeque::new()],
             attachments: 0,
             unflushed: false,
-            next_ping: Instant::now() + PING_INTERVAL,
+            next_ping: now + PING_INTERVAL,
             pong_due: None,
+            connect_by: Some(now + CONNECT_TIMEOUT),
             close_by: None,
             close_sent: false,
+            end: None,
         }
     }
 
@@ -498,7 +538,7 @@ impl Driver {
     /// argument and as the body's binding, and a connection would carry
     /// two drivers.
     fn run(self) -> impl Future<Output = ()> + Send {
-        let mut timer = Box::pin(tokio::time::sleep_until(self.next_ping));
+        let mut timer = Box::pin(tokio::time::sleep_until(self.deadline()));
         let mut driver = Some(self);
         std::future::poll_fn(move |cx| {
             let Some(running) = driver.as_mut() else {
@@ -507,44 +547,40 @@ impl Driver {
             let Poll::Ready(end) = running.poll(cx, timer.as_mut()) else {
                 return Poll::Pending;
             };
-            if let Some(ended) = driver.take() {
-                ended.finish(end);
-            }
+            running.end = Some(end);
+            // Dropped here, which ends its sockets.
+            driver = None;
             Poll::Ready(())
         })
     }
-}
 
-impl Driver {
     fn poll(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<End> {
         // Bounded, so one busy connection cannot hold the thread.
         for _ in 0..64 {
             let mut busy = false;
             self.reap();
-            match Pin::new(&mut self.ws).poll_next(cx) {
-                Poll::Ready(Some(Ok(message))) => {
-                    busy = true;
-                    if let Err(end) = self.on_message(message) {
-                        return Poll::Ready(end);
+            // Not read while closing, nor while a namespace has as many
+            // requests waiting as it may.
+            let reading =
+                self.close_by.is_none() && self.waiting.iter().all(|w| w.len() < WAITING_REQUESTS);
+            if reading {
+                match Pin::new(&mut self.ws).poll_next(cx) {
+                    Poll::Ready(Some(Ok(message))) => {
+                        busy = true;
+                        if let Err(end) = self.on_message(message) {
+                            return Poll::Ready(end);
+                        }
                     }
+                    Poll::Ready(Some(Err(e))) => {
+                        debug!(conn = %self.conn.id, error = %e, "WebSocket error.");
+                        return Poll::Ready(End::Transport);
+                    }
+                    Poll::Ready(None) => return Poll::Ready(End::Transport),
+                    Poll::Pending => {}
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    debug!(conn = %self.conn.id, error = %e, "WebSocket error.");
-                    return Poll::Ready(End::Transport);
-                }
-                Poll::Ready(None) => return Poll::Ready(End::Transport),
-                Poll::Pending => {}
             }
-            if let Some(running) = &mut self.running
-                && running.as_mut().poll(cx).is_ready()
-            {
-                self.running = None;
-            }
-            if self.running.is_none()
-                && let Some(next) = self.waiting.pop_front()
-            {
-                self.running = Some(next);
-                busy = true;
+            for ns in Namespace::ALL {
+                busy |= self.run_requests(ns, cx);
             }
             match self.write(cx) {
                 Ok(wrote) => busy |= wrote,
@@ -570,71 +606,70 @@ impl Driver {
         Poll::Pending
     }
 
+    /// Polls the namespace's running request, and starts the next one when
+    /// it is done; `true` if one finished.
+    fn run_requests(&mut self, ns: Namespace, cx: &mut Context<'_>) -> bool {
+        let i = ns.index();
+        let mut finished = false;
+        loop {
+            if self.running[i].is_none() {
+                self.running[i] = self.waiting[i].pop_front();
+            }
+            let Some(running) = &mut self.running[i] else {
+                return finished;
+            };
+            // A request that panics ends alone, as a handler's task would.
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                running.as_mut().poll(cx)
+            }));
+            match polled {
+                Ok(Poll::Pending) => return finished,
+                Ok(Poll::Ready(())) => {}
+                Err(_) => error!(conn = %self.conn.id, ns = ns.path(), "A request panicked."),
+            }
+            self.running[i] = None;
+            finished = true;
+        }
+    }
+
     /// Moves queued packets into the WebSocket and flushes it; `Ok(true)`
     /// if anything was written.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         let mut wrote = false;
+        let mut closing_seen = false;
         loop {
-            let mut shared = self.conn.shared();
-            // A closing connection gets a moment to flush, however stuck
-            // its client is.
-            if shared.closing.is_some() && self.close_by.is_none() {
-                self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
-            }
-            if shared.queue.is_empty() {
-                match shared.closing {
-                    Some(closing) if !self.unflushed && !self.close_sent => {
-                        drop(shared);
-                        match Pin::new(&mut self.ws).poll_ready(cx) {
-                            Poll::Ready(Ok(())) => {}
-                            Poll::Ready(Err(_)) => return Err(End::Server(closing)),
-                            Poll::Pending => return Ok(wrote),
-                        }
-                        let frame = match closing {
-                            Closing::Shutdown => CloseFrame {
-                                code: close_code::AWAY,
-                                reason: "server shutting down".into(),
-                            },
-                            _ => CloseFrame {
-                                code: close_code::NORMAL,
-                                reason: Utf8Bytes::default(),
-                            },
-                        };
-                        if Pin::new(&mut self.ws)
-                            .start_send(Message::Close(Some(frame)))
-                            .is_err()
-                        {
-                            return Err(End::Server(closing));
-                        }
-                        self.close_sent = true;
-                        self.unflushed = true;
-                        continue;
-                    }
-                    _ => {
-                        if !shared
-                            .waker
-                            .as_ref()
-                            .is_some_and(|w| w.will_wake(cx.waker()))
-                        {
-                            shared.waker = Some(cx.waker().clone());
-                        }
-                        break;
-                    }
-                }
-            }
             match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Err(End::Transport),
+                // The socket wakes the task when it takes more.
                 Poll::Pending => break,
             }
-            let Some(packet) = shared.queue.pop_front() else {
-                break;
+            let (packet, closing) = {
+                let mut shared = self.conn.shared();
+                if !shared
+                    .waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+                {
+                    shared.waker = Some(cx.waker().clone());
+                }
+                (shared.queue.pop_front(), shared.closing)
             };
-            drop(shared);
-            if Pin::new(&mut self.ws)
-                .start_send(Message::Text(packet))
-                .is_err()
-            {
+            // A closing connection gets a moment to flush, however stuck
+            // its client is.
+            closing_seen |= closing.is_some();
+            if closing.is_some() && self.close_by.is_none() {
+                self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
+            }
+            let message = match (packet, closing) {
+                (Some(packet), _) => Message::Text(packet),
+                (None, Some(closing)) if !self.close_sent && !self.unflushed => {
+                    self.close_sent = true;
+                    Message::Close(Some(close_frame(closing)))
+                }
+                (None, _) => break,
+            };
+            if Pin::new(&mut self.ws).start_send(message).is_err() {
                 return Err(End::Transport);
             }
             self.unflushed = true;
@@ -648,6 +683,8 @@ impl Driver {
                         let closing = self.conn.shared().closing;
                         return Err(End::Server(closing.unwrap_or(Closing::Ended)));
                     }
+                    // Flushed: the close frame may follow at once.
+                    wrote |= closing_seen;
                 }
                 Poll::Ready(Err(_)) => return Err(End::Transport),
                 Poll::Pending => {}
@@ -678,17 +715,19 @@ impl Driver {
             }
         }
         if self.jobs.is_none() && self.leads.is_none() {
-            let mut shared = self.conn.shared();
-            if shared.closing.is_none() {
-                shared.closing = Some(Closing::Ended);
-            }
+            self.conn.close(Closing::Ended);
         }
     }
 
-    /// When the timer should fire next: the close's limit, else the pong's,
-    /// else the next ping.
+    /// When the timer should fire next: the earliest of the heartbeat's
+    /// next step (ping, or the pong's limit), the close's limit and the
+    /// connect timeout.
     fn deadline(&self) -> Instant {
-        self.close_by.or(self.pong_due).unwrap_or(self.next_ping)
+        let heartbeat = self.pong_due.unwrap_or(self.next_ping);
+        [self.close_by, self.connect_by]
+            .into_iter()
+            .flatten()
+            .fold(heartbeat, Instant::min)
     }
 
     fn on_timer(&mut self) -> Result<(), End> {
@@ -699,23 +738,29 @@ impl Driver {
             let closing = self.conn.shared().closing.unwrap_or(Closing::Ended);
             return Err(End::Server(closing));
         }
-        if let Some(due) = self.pong_due {
-            if now >= due {
-                return Err(End::PingTimeout);
-            }
-            return Ok(());
+        if let Some(by) = self.connect_by
+            && now >= by
+        {
+            self.connect_by = None;
+            info!(conn = %self.conn.id, "Closing a connection that joined no namespace in time.");
+            self.conn.close(Closing::Ended);
         }
-        if now >= self.next_ping {
-            {
-                // An idle connection gives back its queue's memory.
-                let mut shared = self.conn.shared();
-                if shared.queue.is_empty() {
-                    shared.queue.shrink_to_fit();
+        match self.pong_due {
+            Some(due) if now >= due => return Err(End::PingTimeout),
+            Some(_) => {}
+            None if now >= self.next_ping => {
+                {
+                    // An idle connection gives back its queue's memory.
+                    let mut shared = self.conn.shared();
+                    if shared.queue.is_empty() {
+                        shared.queue.shrink_to_fit();
+                    }
                 }
+                let _ = self.conn.push(Utf8Bytes::from_static("2"), false);
+                self.pong_due = Some(now + PING_TIMEOUT);
+                self.next_ping = now + PING_INTERVAL;
             }
-            self.conn.control(Utf8Bytes::from_static("2"));
-            self.pong_due = Some(now + PING_TIMEOUT);
-            self.next_ping = now + PING_INTERVAL;
+            None => {}
         }
         Ok(())
     }
@@ -731,45 +776,43 @@ impl Driver {
                 debug!(conn = %self.conn.id, "Ignored a binary message that no packet announced.");
                 return Ok(());
             }
-            Message::Close(_) => return Err(End::Transport),
-            Message::Ping(_) | Message::Pong(_) => return Ok(()),
+            // Read on: the WebSocket answers the close, then ends.
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => return Ok(()),
         };
         match text.as_bytes().first() {
             Some(b'4') => self.on_packet(&text[1..]),
-            Some(b'3') => {
-                self.pong_due = None;
-                Ok(())
-            }
-            // A client's ping (Engine.IO 3 habit, or a probe): answered.
-            Some(b'2') => {
-                self.conn.control(format!("3{}", &text[1..]));
-                Ok(())
-            }
-            Some(b'1') => Err(End::Transport),
+            // A pong, or a client's ping: either says the client is there.
+            Some(b'3' | b'2') => self.pong_due = None,
+            Some(b'1') => return Err(End::Transport),
             // Noop and upgrade mean nothing on a WebSocket that was never
             // upgraded.
-            Some(b'5' | b'6') => Ok(()),
-            _ => {
-                info!(conn = %self.conn.id, "Closing a connection that sent a malformed Engine.IO packet.");
-                Err(End::Malformed)
-            }
+            Some(b'5' | b'6') => {}
+            _ => self.malformed("Engine.IO"),
         }
+        Ok(())
     }
 
-    fn on_packet(&mut self, text: &str) -> Result<(), End> {
+    /// Closes the connection with 1002 and reads nothing more.
+    fn malformed(&mut self, layer: &str) {
+        info!(conn = %self.conn.id, layer, "Closing a connection that sent a malformed packet.");
+        self.conn.close(Closing::Malformed);
+        self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
+    }
+
+    fn on_packet(&mut self, text: &str) {
         let packet = match packet::parse(text) {
             Ok(packet) => packet,
             Err(e) => {
-                info!(conn = %self.conn.id, error = %e, "Closing a connection that sent a malformed Socket.IO packet.");
-                return Err(End::Malformed);
+                debug!(conn = %self.conn.id, error = %e, "Malformed Socket.IO packet.");
+                return self.malformed("Socket.IO");
             }
         };
         self.attachments = packet.attachments;
         let ns = Namespace::from_path(packet.namespace);
         match (packet.kind, ns) {
             (Kind::Connect, None) => {
-                self.conn
-                    .control(packet::connect_error(packet.namespace, "Invalid namespace"));
+                let refusal = packet::connect_error(packet.namespace, "Invalid namespace");
+                let _ = self.conn.push(refusal, true);
             }
             (Kind::Connect, Some(ns)) => self.connect(ns, packet.data),
             (Kind::Disconnect, Some(ns)) => {
@@ -786,10 +829,11 @@ impl Driver {
             // to send.
             _ => {}
         }
-        Ok(())
     }
 
     fn connect(&mut self, ns: Namespace, data: &str) {
+        // A namespace the server just disconnected may connect again.
+        self.reap();
         if self.conn.shared().slots[ns.index()].is_some() {
             debug!(conn = %self.conn.id, ns = ns.path(), "Ignored a second connect to a namespace.");
             return;
@@ -827,8 +871,9 @@ impl Driver {
                 expiry: expiry.clone(),
                 ended: false,
             });
-            let _ = shared.push(packet::connected(ns, sid.as_str()).into(), None);
         }
+        let _ = self.conn.push(packet::connected(ns, sid.as_str()), false);
+        self.connect_by = None;
         match ns {
             Namespace::Jobs => {
                 let session = Session::new(principal, slot, app.limits.event_rate);
@@ -847,7 +892,7 @@ impl Driver {
                 // The page comes first, before any request's answer.
                 let (app, first) = (app.clone(), socket.clone());
                 let id = client.id;
-                self.queue(Box::pin(async move {
+                self.waiting[ns.index()].push_back(Box::pin(async move {
                     let page = app.leads.current_page(id).await;
                     crate::leads::send(&app, &Client::Own(first), &page);
                 }));
@@ -862,12 +907,13 @@ impl Driver {
 
     fn refuse_connect(&self, ns: Namespace, sid: Sid, e: &AuthError) {
         info!(ns = ns.path(), %sid, reason = %e, "Refused a connection.");
-        self.conn
-            .control(packet::connect_error(ns.path(), &e.to_string()));
+        let _ = self
+            .conn
+            .push(packet::connect_error(ns.path(), &e.to_string()), true);
     }
 
     fn on_event(&mut self, ns: Namespace, ack: Option<u64>, data: &str) {
-        let Some((event, args)) = packet::event_args(data) else {
+        let Some((event, arg)) = packet::event_args(data) else {
             info!(conn = %self.conn.id, ns = ns.path(), "Ignored an event packet without an event name.");
             return;
         };
@@ -875,10 +921,12 @@ impl Driver {
         let request: RequestFuture = match ns {
             Namespace::Jobs => {
                 let Some(jobs) = &self.jobs else { return };
-                if self.waiting.len() >= WAITING_REQUESTS {
-                    let client = Client::Own(jobs.socket.clone());
+                let client = Client::Own(jobs.socket.clone());
+                // Not queued: a token about to run out is not made to wait
+                // behind slow requests.
+                if event == "refresh-token" {
                     let answer =
-                        crate::jobs::refuse(&client, &event, &app.limits.too_many_requests());
+                        crate::jobs::refresh(&app, &client, &jobs.session, &jobs.expiry, arg);
                     return answer_with(&jobs.socket, ack, &answer);
                 }
                 let (socket, session, expiry) = (
@@ -887,9 +935,8 @@ impl Driver {
                     jobs.expiry.clone(),
                 );
                 Box::pin(async move {
-                    let client = Client::Own(socket.clone());
                     let answer =
-                        crate::jobs::request(&app, &client, &session, &expiry, &event, args).await;
+                        crate::jobs::request(&app, &client, &session, &expiry, &event, arg).await;
                     if let Some(answer) = answer {
                         answer_with(&socket, ack, &answer);
                     }
@@ -898,23 +945,14 @@ impl Driver {
             Namespace::Leads => {
                 let Some(leads) = &self.leads else { return };
                 let client = Client::Own(leads.socket.clone());
-                if self.waiting.len() >= WAITING_REQUESTS {
-                    info!(sid = %leads.socket.sid, event, "Refused a leads request over the rate.");
-                    let refusal = crate::leads::Frame::error(app.limits.too_many_requests());
-                    return crate::leads::send(&app, &client, &refusal);
-                }
                 let (session, expiry) = (leads.client.clone(), leads.expiry.clone());
                 Box::pin(async move {
-                    let frame = crate::leads::answer(&app, &session, &expiry, &event, args).await;
+                    let frame = crate::leads::answer(&app, &session, &expiry, &event, arg).await;
                     crate::leads::send(&app, &client, &frame);
                 })
             }
         };
-        self.queue(request);
-    }
-
-    fn queue(&mut self, request: RequestFuture) {
-        self.waiting.push_back(request);
+        self.waiting[ns.index()].push_back(request);
     }
 
     /// Ends this connection's socket of `ns`, if it has one.
@@ -935,9 +973,16 @@ impl Driver {
                 }
             }
         }
+        // A client that left every namespace has as long to join one as a
+        // new connection.
+        if self.jobs.is_none() && self.leads.is_none() && self.connect_by.is_none() {
+            self.connect_by = Some(Instant::now() + CONNECT_TIMEOUT);
+        }
     }
+}
 
-    fn finish(mut self, end: End) {
+impl Drop for Driver {
+    fn drop(&mut self) {
         {
             let mut shared = self.conn.shared();
             shared.closing = Some(Closing::Closed);
@@ -945,29 +990,28 @@ impl Driver {
             shared.slots = [None, None];
             shared.waker = None;
         }
-        let reason = match end {
-            End::Transport => "transport close",
-            End::PingTimeout => "ping timeout",
-            End::Malformed => "malformed packet",
-            End::Server(Closing::Shutdown) => "server shutting down",
-            End::Server(_) => "server namespace disconnect",
-        };
+        let reason = self.end.map_or("connection dropped", End::reason);
         for ns in Namespace::ALL {
             self.leave(ns, reason);
         }
         self.app.engine.conns().remove(&self.conn.id);
-        if end == End::Malformed {
-            // Told why, as far as the client still listens.
-            let frame = CloseFrame {
-                code: close_code::PROTOCOL,
-                reason: "malformed packet".into(),
-            };
-            let mut ws = self.ws;
-            tokio::spawn(async move {
-                let _ =
-                    tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
-            });
-        }
+    }
+}
+
+fn close_frame(closing: Closing) -> CloseFrame {
+    match closing {
+        Closing::Shutdown => CloseFrame {
+            code: close_code::AWAY,
+            reason: "server shutting down".into(),
+        },
+        Closing::Malformed => CloseFrame {
+            code: close_code::PROTOCOL,
+            reason: "malformed packet".into(),
+        },
+        Closing::Ended | Closing::Closed => CloseFrame {
+            code: close_code::NORMAL,
+            reason: Utf8Bytes::default(),
+        },
     }
 }
 
