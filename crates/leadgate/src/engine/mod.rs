@@ -7,7 +7,7 @@
 //! Why: an idle subscribed connection cost about 21 KiB in socketioxide,
 //! most of it in three tasks and a channel per connection. Here a
 //! connection is one task driving one state machine ([`Driver`]): it reads
-//! the WebSocket, runs the client's requests one at a time in arrival
+//! the WebSocket, runs each namespace's requests one at a time in arrival
 //! order, writes what was queued for it, and keeps the heartbeat. Others
 //! queue packets through a [`Socket`] handle; a packet meant for many
 //! clients (a `job-update`) is encoded once and shared.
