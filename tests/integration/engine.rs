@@ -51,23 +51,11 @@ fn after(packet: &str, prefix: &str) -> Value {
     serde_json::from_str(rest).unwrap()
 }
 
+/// The connection gauge of `namespace` on WebSocket.
 async fn connections(gw: &Gateway, namespace: &str) -> f64 {
-    let text = gw
-        .http
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let series =
-        format!("leadgate_connections{{namespace=\"{namespace}\",transport=\"websocket\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
+        format!("leadgate_connections{{namespace=\"{namespace}\",transport=\"websocket\"}}");
+    super::ops::sample(&super::ops::scrape(gw).await, &series)
 }
 
 async fn one_connection_carries_both_namespaces(backend: Backend) {

@@ -6,7 +6,7 @@ use serde_json::json;
 on_every_backend!(metrics_are_served_and_move);
 
 /// The value of one sample line, e.g. `leadgate_subscriptions 2`.
-fn sample(text: &str, name_and_labels: &str) -> f64 {
+pub(super) fn sample(text: &str, name_and_labels: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name_and_labels)?.strip_prefix(' '))
         .unwrap_or_else(|| panic!("no sample {name_and_labels} in\n{text}"))
@@ -14,7 +14,7 @@ fn sample(text: &str, name_and_labels: &str) -> f64 {
         .unwrap()
 }
 
-async fn scrape(gw: &Gateway) -> String {
+pub(super) async fn scrape(gw: &Gateway) -> String {
     let response = gw.http.get(gw.url("/metrics")).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(

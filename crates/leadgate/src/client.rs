@@ -3,7 +3,6 @@
 //! leadgate's own WebSocket engine ([`crate::engine`]).
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
 use socketioxide::socket::Sid;
 
@@ -39,9 +38,8 @@ impl Client {
         }
     }
 
-    /// Sends an event with one argument, encoded once for many clients:
-    /// `packet` is the whole packet for clients of the own engine, made by
-    /// [`engine::EncodedEvent`].
+    /// Sends an event with one argument, encoded once for many clients (see
+    /// [`engine::EncodedEvent`]).
     pub fn emit_encoded(&self, event: &engine::EncodedEvent) -> Result<(), EmitError> {
         match self {
             Client::Sio(socket) => Ok(socket.emit(event.name(), event.data())?),
@@ -64,13 +62,4 @@ impl Client {
             Client::Own(socket) => socket.disconnect(),
         }
     }
-}
-
-/// Encodes `data` once as the one argument of `event`.
-pub fn encode<T: Serialize + ?Sized>(
-    event: &'static str,
-    data: &T,
-) -> Result<engine::EncodedEvent, serde_json::Error> {
-    let data: Box<RawValue> = serde_json::value::to_raw_value(data)?;
-    Ok(engine::EncodedEvent::new(event, data))
 }

@@ -269,7 +269,7 @@ impl Hub {
                 State::Active { last_seq } if update.seq == *last_seq + 1 => {
                     let payload = match &encoded {
                         Some(payload) => payload,
-                        None => match client::encode("job-update", update) {
+                        None => match EncodedEvent::encode("job-update", update) {
                             Ok(payload) => encoded.insert(payload),
                             Err(e) => {
                                 tracing::error!(job = %update.job_id, error = %e, "Could not encode a job update.");

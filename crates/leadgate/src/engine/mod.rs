@@ -320,12 +320,16 @@ pub struct EncodedEvent {
 }
 
 impl EncodedEvent {
-    pub fn new(name: &'static str, data: Box<RawValue>) -> Self {
-        EncodedEvent {
+    /// Encodes `data` once as the one argument of `name`.
+    pub fn encode<T: Serialize + ?Sized>(
+        name: &'static str,
+        data: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(EncodedEvent {
             name,
-            data,
+            data: serde_json::value::to_raw_value(data)?,
             packet: std::cell::OnceCell::new(),
-        }
+        })
     }
 
     pub fn name(&self) -> &'static str {
