@@ -175,7 +175,9 @@ impl App {
         );
         let own = self.engine.socket_counts();
         for ns in engine::packet::Namespace::ALL {
-            *counts.entry((ns.path(), "websocket")).or_default() += own[ns.index()] as i64;
+            for (transport, count) in ["websocket", "polling"].into_iter().zip(own[ns.index()]) {
+                *counts.entry((ns.path(), transport)).or_default() += count as i64;
+            }
         }
         for ((namespace, transport), count) in counts {
             m.connections

@@ -1,21 +1,19 @@
-//! leadgate's own Engine.IO 4 / Socket.IO 5 server, for clients that open a
-//! WebSocket straight away (`transport=websocket` and no session id: what
-//! socket.io-client sends with `transports: ['websocket']`, and what
-//! native and load-testing clients do). Long-polling, and WebSockets
-//! upgraded from it, stay with socketioxide.
+//! leadgate's Engine.IO 4 / Socket.IO 5 server: both transports
+//! (WebSocket, and long-polling with its upgrade to a WebSocket), both
+//! namespaces (`/` and `/leads`).
 //!
-//! Why: an idle subscribed connection cost about 21 KiB in socketioxide,
-//! most of it in three tasks and a channel per connection. Here a
-//! connection is one task driving one state machine ([`Driver`]): it reads
-//! the WebSocket, runs each namespace's requests one at a time in arrival
-//! order, writes what was queued for it, and keeps the heartbeat. Others
-//! queue packets through a [`Socket`] handle; a packet meant for many
-//! clients (a `job-update`) is encoded once and shared.
-//!
-//! The namespaces and their events are those of socketioxide's side, served
-//! by the same functions ([`crate::jobs::request`], [`crate::leads`]).
+//! Why its own: an idle subscribed connection cost about 21 KiB in
+//! socketioxide, most of it in three tasks and a channel per connection.
+//! Here a connection is one task driving one state machine ([`Driver`]):
+//! it reads what the client sends, runs each namespace's requests one at a
+//! time in arrival order, writes what was queued for it, and keeps the
+//! heartbeat. Others queue packets through a [`Socket`] handle; a packet
+//! meant for many clients (a `job-update`) is encoded once and shared.
+//! [`routes`] is the HTTP side: which requests are the engine's, and the
+//! long-polling GETs and POSTs.
 
 pub mod packet;
+mod routes;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -25,16 +23,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
 use axum::http::{HeaderMap, HeaderName, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use futures_util::{Sink, Stream};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::socket::Sid;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, error, info, warn};
 
@@ -43,6 +39,8 @@ use crate::App;
 use crate::auth::{AuthError, handshake_token};
 use crate::client::Client;
 use crate::session::{Session, TokenExpiry};
+
+pub use self::routes::route;
 
 /// How often the server pings, and how long it waits for the pong: the
 /// values socket.io and socketioxide use.
@@ -59,6 +57,9 @@ const WAITING_REQUESTS: usize = 64;
 /// How long a connection may stay without a namespace before it is closed:
 /// socket.io's connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a WebSocket opened to upgrade a long-polling connection may
+/// take to be probed and taken over: engine.io's upgrade timeout.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The request headers kept for the namespaces' handshakes: what the
 /// origin check, the client address and the token may be read from.
 const KEPT_HEADERS: [HeaderName; 5] = [
@@ -90,14 +91,15 @@ impl Engine {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connected sockets per namespace, in [`Namespace::ALL`] order.
-    pub fn socket_counts(&self) -> [usize; 2] {
-        let mut counts = [0; 2];
+    /// Connected sockets by namespace ([`Namespace::index`]) and by
+    /// transport (`[websocket, polling]`).
+    pub fn socket_counts(&self) -> [[usize; 2]; 2] {
+        let mut counts = [[0; 2]; 2];
         for conn in self.conns().values() {
             let shared = conn.shared();
             for ns in Namespace::ALL {
                 if shared.open(ns).is_some() {
-                    counts[ns.index()] += 1;
+                    counts[ns.index()][usize::from(shared.polling)] += 1;
                 }
             }
         }
@@ -153,11 +155,28 @@ struct Conn {
 
 struct Shared {
     queue: VecDeque<Utf8Bytes>,
-    /// The connection's task, to wake when something was queued.
+    /// The connection's task, to wake when something was queued, a
+    /// namespace ended, or the client's requests came.
     waker: Option<Waker>,
     closing: Option<Closing>,
     /// The connected namespaces, by [`Namespace::index`].
     slots: [Option<Slot>; 2],
+    /// On long-polling (not yet upgraded to a WebSocket).
+    polling: bool,
+    /// Long-polling: the client's waiting GET, answered with what is
+    /// queued.
+    poll: Option<oneshot::Sender<String>>,
+    /// Long-polling: packets the client POSTed, for the task to read.
+    post: Option<Box<Post>>,
+    /// A WebSocket the client opened to upgrade to, for the task to probe.
+    upgrade: Option<Box<WebSocket>>,
+}
+
+/// The body of a client's POST, and where to tell whether it was read
+/// (`false`: it was malformed).
+struct Post {
+    payload: String,
+    read: oneshot::Sender<bool>,
 }
 
 struct Slot {
@@ -214,6 +233,15 @@ impl Conn {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Wakes the connection's task.
+    fn wake(shared: MutexGuard<'_, Shared>) {
+        let waker = shared.waker.clone();
+        drop(shared);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Queues a packet of the connection's own (see [`Shared::push`]), or
     /// with the queue's limit.
     fn push(&self, packet: impl Into<Utf8Bytes>, limited: bool) -> Result<(), SendError> {
@@ -231,11 +259,7 @@ impl Conn {
         let mut shared = self.shared();
         if shared.closing.is_none() {
             shared.closing = Some(why);
-            let waker = shared.waker.clone();
-            drop(shared);
-            if let Some(waker) = waker {
-                waker.wake();
-            }
+            Conn::wake(shared);
         }
     }
 }
@@ -301,11 +325,7 @@ impl Socket {
         slot.ended = true;
         // Woken whatever the queue holds: the task has to clean up.
         let _ = shared.push(packet::disconnect(self.namespace).into(), None);
-        let waker = shared.waker.clone();
-        drop(shared);
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        Conn::wake(shared);
         true
     }
 }
@@ -345,74 +365,6 @@ impl EncodedEvent {
             .get_or_init(|| packet::event_raw(Namespace::Jobs, self.name, &self.data).into())
             .clone()
     }
-}
-
-/// Middleware in front of socketioxide: takes the requests the own engine
-/// serves (see the module docs) and passes on every other.
-pub async fn route(State(app): State<App>, request: Request, next: Next) -> Response {
-    if !is_direct_websocket(&request) {
-        return next.run(request).await;
-    }
-    let (mut parts, _body) = request.into_parts();
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
-    // Sized to what is kept: an empty map does not allocate.
-    let kept = KEPT_HEADERS
-        .iter()
-        .map(|name| parts.headers.get_all(name).iter().count())
-        .sum();
-    let mut headers = HeaderMap::with_capacity(kept);
-    for name in KEPT_HEADERS {
-        for value in parts.headers.get_all(&name) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    let handshake = Box::new(Handshake {
-        peer: crate::limits::peer(&parts),
-        headers,
-        query: parts.uri.query().map(str::to_owned),
-    });
-    let max = app.engine.max_payload;
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |ws| {
-            // A task of its own: the upgrade's task, which ends here, holds
-            // more than a connection needs for its life.
-            let connections = app.connections.clone();
-            connections.spawn(Driver::new(app, ws, handshake).run());
-            std::future::ready(())
-        })
-}
-
-/// `GET /socket.io/?EIO=4&transport=websocket` without a session id, asking
-/// for a WebSocket.
-fn is_direct_websocket(request: &Request) -> bool {
-    let path = request.uri().path();
-    if path.trim_end_matches('/') != "/socket.io" {
-        return false;
-    }
-    let upgrade = request
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
-        return false;
-    }
-    let (mut eio4, mut websocket, mut sid) = (false, false, false);
-    for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
-        match &*key {
-            "EIO" => eio4 = value == "4",
-            "transport" => websocket = value == "websocket",
-            "sid" => sid = true,
-            _ => {}
-        }
-    }
-    eio4 && websocket && !sid
 }
 
 /// What the namespaces' handshakes read from the HTTP request.
@@ -460,12 +412,36 @@ impl End {
     }
 }
 
+/// How a connection reaches its client.
+// The WebSocket stays inline: most connections end up on one, and a box
+// would cost each of them an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Transport {
+    WebSocket(WebSocket),
+    /// Long-polling: the client's GETs take what is queued and its POSTs
+    /// bring packets (see [`Shared::poll`] and [`Shared::post`]). `Some`
+    /// while a WebSocket is being probed to take over.
+    Polling(Option<Box<Probe>>),
+}
+
+/// A WebSocket opened to upgrade a long-polling connection. The client
+/// probes it (`2probe`, answered with `3probe`), lets its last GET return,
+/// then sends `5`, and from then on the connection is that WebSocket.
+struct Probe {
+    ws: WebSocket,
+    /// `3probe` was sent: the client is moving over, so a waiting GET is
+    /// answered at once (with a noop when nothing is queued).
+    answered: bool,
+    unflushed: bool,
+    by: Instant,
+}
+
 /// The state machine of one connection. Dropping it ends the connection's
 /// sockets, however it ended.
 struct Driver {
     app: App,
     conn: Arc<Conn>,
-    ws: WebSocket,
+    transport: Transport,
     /// Boxed: it is read only when a namespace connects.
     handshake: Box<Handshake>,
     jobs: Option<Jobs>,
@@ -492,7 +468,8 @@ struct Driver {
 
 impl Driver {
     /// Registers a new connection and queues its open packet.
-    fn new(app: App, ws: WebSocket, handshake: Box<Handshake>) -> Driver {
+    fn new(app: App, transport: Transport, handshake: Box<Handshake>) -> Driver {
+        let polling = matches!(transport, Transport::Polling(_));
         let conn = Arc::new(Conn {
             id: Sid::new(),
             queue_limit: app.engine.queue_limit,
@@ -501,10 +478,15 @@ impl Driver {
                 waker: None,
                 closing: None,
                 slots: [None, None],
+                polling,
+                poll: None,
+                post: None,
+                upgrade: None,
             }),
         });
         let open = packet::open(
             conn.id.as_str(),
+            polling,
             PING_INTERVAL,
             PING_TIMEOUT,
             app.engine.max_payload,
@@ -519,7 +501,7 @@ impl Driver {
         Driver {
             app,
             conn,
-            ws,
+            transport,
             handshake,
             jobs: None,
             leads: None,
@@ -562,13 +544,22 @@ impl Driver {
         // Bounded, so one busy connection cannot hold the thread.
         for _ in 0..64 {
             let mut busy = false;
-            self.reap();
             // Not read while closing, nor while a namespace has as many
             // requests waiting as it may.
             let reading =
                 self.close_by.is_none() && self.waiting.iter().all(|w| w.len() < WAITING_REQUESTS);
-            if reading {
-                match Pin::new(&mut self.ws).poll_next(cx) {
+            let (post, upgrade) = self.sync(cx, reading);
+            if let Some(upgrade) = upgrade {
+                self.probe(upgrade);
+            }
+            if let Some(post) = post {
+                busy = true;
+                if let Err(end) = self.on_post(*post) {
+                    return Poll::Ready(end);
+                }
+            }
+            if reading && let Transport::WebSocket(ws) = &mut self.transport {
+                match Pin::new(ws).poll_next(cx) {
                     Poll::Ready(Some(Ok(message))) => {
                         busy = true;
                         if let Err(end) = self.on_message(message) {
@@ -583,6 +574,7 @@ impl Driver {
                     Poll::Pending => {}
                 }
             }
+            busy |= self.poll_probe(cx);
             for ns in Namespace::ALL {
                 busy |= self.run_requests(ns, cx);
             }
@@ -608,6 +600,30 @@ impl Driver {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Under one lock: leaves the task's waker for whoever queues next,
+    /// cleans up the namespaces the server disconnected, and takes a
+    /// client's POST (when `reading`) and a WebSocket opened to upgrade.
+    fn sync(
+        &mut self,
+        cx: &Context<'_>,
+        reading: bool,
+    ) -> (Option<Box<Post>>, Option<Box<WebSocket>>) {
+        let (ended, post, upgrade) = {
+            let mut shared = self.conn.shared();
+            if !shared
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                shared.waker = Some(cx.waker().clone());
+            }
+            let post = if reading { shared.post.take() } else { None };
+            (take_ended(&mut shared), post, shared.upgrade.take())
+        };
+        self.reap_ended(ended);
+        (post, upgrade)
     }
 
     /// Polls the namespace's running request, and starts the next one when
@@ -636,13 +652,27 @@ impl Driver {
         }
     }
 
-    /// Moves queued packets into the WebSocket and flushes it; `Ok(true)`
-    /// if anything was written.
+    /// Sends what is queued to the client; `Ok(true)` if anything was
+    /// written.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        match &self.transport {
+            Transport::WebSocket(_) => self.write_websocket(cx),
+            Transport::Polling(probe) => {
+                let upgrading = probe.as_ref().is_some_and(|p| p.answered);
+                self.answer_poll(upgrading)
+            }
+        }
+    }
+
+    /// Moves queued packets into the WebSocket and flushes it.
+    fn write_websocket(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let Transport::WebSocket(ws) = &mut self.transport else {
+            return Ok(false);
+        };
         let mut wrote = false;
         let mut closing_seen = false;
         loop {
-            match Pin::new(&mut self.ws).poll_ready(cx) {
+            match Pin::new(&mut *ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Err(End::Transport),
                 // The socket wakes the task when it takes more.
@@ -650,13 +680,6 @@ impl Driver {
             }
             let (packet, closing) = {
                 let mut shared = self.conn.shared();
-                if !shared
-                    .waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    shared.waker = Some(cx.waker().clone());
-                }
                 (shared.queue.pop_front(), shared.closing)
             };
             // A closing connection gets a moment to flush, however stuck
@@ -673,14 +696,14 @@ impl Driver {
                 }
                 (None, _) => break,
             };
-            if Pin::new(&mut self.ws).start_send(message).is_err() {
+            if Pin::new(&mut *ws).start_send(message).is_err() {
                 return Err(End::Transport);
             }
             self.unflushed = true;
             wrote = true;
         }
         if self.unflushed {
-            match Pin::new(&mut self.ws).poll_flush(cx) {
+            match Pin::new(&mut *ws).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.unflushed = false;
                     if self.close_sent {
@@ -697,19 +720,174 @@ impl Driver {
         Ok(wrote)
     }
 
-    /// Cleans up namespaces the server disconnected (a token that ran out,
-    /// a client too slow); when none is left, the connection closes.
-    fn reap(&mut self) {
-        let mut ended = [false; 2];
-        {
-            let mut shared = self.conn.shared();
-            for ns in Namespace::ALL {
-                if shared.slots[ns.index()].as_ref().is_some_and(|s| s.ended) {
-                    shared.slots[ns.index()] = None;
-                    ended[ns.index()] = true;
+    /// Long-polling: answers the client's waiting GET with everything
+    /// queued, as one payload. A closing connection adds the close packet
+    /// and ends; while upgrading, a GET is answered at once, with a noop
+    /// when nothing is queued, so that the client can move over.
+    fn answer_poll(&mut self, upgrading: bool) -> Result<bool, End> {
+        let mut shared = self.conn.shared();
+        let closing = shared.closing;
+        if closing.is_some() && self.close_by.is_none() {
+            self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
+        }
+        // A GET the client gave up on is not answered: what is queued
+        // waits for the next.
+        if shared.poll.as_ref().is_some_and(|poll| poll.is_closed()) {
+            shared.poll = None;
+        }
+        if shared.poll.is_none() || (shared.queue.is_empty() && closing.is_none() && !upgrading) {
+            return Ok(false);
+        }
+        let mut payload = String::new();
+        for packet in shared.queue.drain(..) {
+            if !payload.is_empty() {
+                payload.push(packet::SEPARATOR);
+            }
+            payload.push_str(&packet);
+        }
+        if closing.is_some() {
+            if !payload.is_empty() {
+                payload.push(packet::SEPARATOR);
+            }
+            payload.push('1');
+        } else if payload.is_empty() {
+            payload.push('6');
+        }
+        let poll = shared.poll.take();
+        drop(shared);
+        if let Some(poll) = poll {
+            let _ = poll.send(payload);
+        }
+        match closing {
+            Some(closing) => Err(End::Server(closing)),
+            None => Ok(true),
+        }
+    }
+
+    /// Reads what a client POSTed: packets separated by the record
+    /// separator, binary ones (attachments, skipped) written as `b` and
+    /// base64.
+    fn on_post(&mut self, post: Post) -> Result<(), End> {
+        let mut result = Ok(());
+        for text in post.payload.split(packet::SEPARATOR) {
+            result = match text.strip_prefix('b') {
+                Some(_) => {
+                    self.on_binary();
+                    Ok(())
+                }
+                None => self.on_text(text),
+            };
+            if result.is_err() || self.close_by.is_some() {
+                break;
+            }
+        }
+        let malformed = self.conn.shared().closing == Some(Closing::Malformed);
+        let _ = post.read.send(!malformed);
+        result
+    }
+
+    /// Takes a WebSocket the client opened to upgrade to, unless one is
+    /// already being probed or the connection no longer polls.
+    fn probe(&mut self, ws: Box<WebSocket>) {
+        match &mut self.transport {
+            Transport::Polling(probe @ None) => {
+                *probe = Some(Box::new(Probe {
+                    ws: *ws,
+                    answered: false,
+                    unflushed: false,
+                    by: Instant::now() + UPGRADE_TIMEOUT,
+                }));
+            }
+            _ => debug!(conn = %self.conn.id, "Dropped a second upgrade WebSocket."),
+        }
+    }
+
+    /// Reads the WebSocket being probed: answers `2probe`, and on `5`
+    /// makes it the connection's transport. Anything else, or a failure,
+    /// drops it and the connection stays on long-polling.
+    fn poll_probe(&mut self, cx: &mut Context<'_>) -> bool {
+        let Transport::Polling(Some(probe)) = &mut self.transport else {
+            return false;
+        };
+        let mut busy = false;
+        let mut upgraded = false;
+        let mut failed = false;
+        loop {
+            if !probe.answered {
+                match Pin::new(&mut probe.ws).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        failed = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            match Pin::new(&mut probe.ws).poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Some(Ok(Message::Text(text))))
+                    if !probe.answered && text == "2probe" =>
+                {
+                    if Pin::new(&mut probe.ws)
+                        .start_send(Message::text("3probe"))
+                        .is_err()
+                    {
+                        failed = true;
+                        break;
+                    }
+                    probe.answered = true;
+                    probe.unflushed = true;
+                    busy = true;
+                }
+                Poll::Ready(Some(Ok(Message::Text(text)))) if probe.answered && text == "5" => {
+                    upgraded = true;
+                    break;
+                }
+                Poll::Ready(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                _ => {
+                    failed = true;
+                    break;
                 }
             }
         }
+        if !failed && probe.unflushed {
+            match Pin::new(&mut probe.ws).poll_flush(cx) {
+                Poll::Ready(Ok(())) => probe.unflushed = false,
+                Poll::Ready(Err(_)) => failed = true,
+                Poll::Pending => {}
+            }
+        }
+        if failed {
+            debug!(conn = %self.conn.id, "An upgrade failed; the connection stays on long-polling.");
+            self.transport = Transport::Polling(None);
+        } else if upgraded {
+            let old = std::mem::replace(&mut self.transport, Transport::Polling(None));
+            if let Transport::Polling(Some(probe)) = old {
+                self.transport = Transport::WebSocket(probe.ws);
+            }
+            let poll = {
+                let mut shared = self.conn.shared();
+                shared.polling = false;
+                shared.poll.take()
+            };
+            // The client waits for no GET now; one still open is let go.
+            if let Some(poll) = poll {
+                let _ = poll.send("6".to_owned());
+            }
+            debug!(conn = %self.conn.id, "Upgraded to a WebSocket.");
+            busy = true;
+        }
+        busy
+    }
+
+    /// Cleans up namespaces the server disconnected (a token that ran out,
+    /// a client too slow); when none is left, the connection closes.
+    fn reap(&mut self) {
+        let ended = take_ended(&mut self.conn.shared());
+        self.reap_ended(ended);
+    }
+
+    fn reap_ended(&mut self, ended: [bool; 2]) {
         if ended == [false; 2] {
             return;
         }
@@ -724,14 +902,21 @@ impl Driver {
     }
 
     /// When the timer should fire next: the earliest of the heartbeat's
-    /// next step (ping, or the pong's limit), the close's limit and the
-    /// connect timeout.
+    /// next step (ping, or the pong's limit), the close's limit, the
+    /// connect timeout and the upgrade's.
     fn deadline(&self) -> Instant {
         let heartbeat = self.pong_due.unwrap_or(self.next_ping);
-        [self.close_by, self.connect_by]
+        [self.close_by, self.connect_by, self.upgrade_by()]
             .into_iter()
             .flatten()
             .fold(heartbeat, Instant::min)
+    }
+
+    fn upgrade_by(&self) -> Option<Instant> {
+        match &self.transport {
+            Transport::Polling(Some(probe)) => Some(probe.by),
+            _ => None,
+        }
     }
 
     fn on_timer(&mut self) -> Result<(), End> {
@@ -748,6 +933,10 @@ impl Driver {
             self.connect_by = None;
             info!(conn = %self.conn.id, "Closing a connection that joined no namespace in time.");
             self.conn.close(Closing::Ended);
+        }
+        if self.upgrade_by().is_some_and(|by| now >= by) {
+            debug!(conn = %self.conn.id, "An upgrade timed out; the connection stays on long-polling.");
+            self.transport = Transport::Polling(None);
         }
         match self.pong_due {
             Some(due) if now >= due => return Err(End::PingTimeout),
@@ -770,26 +959,34 @@ impl Driver {
     }
 
     fn on_message(&mut self, message: Message) -> Result<(), End> {
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Binary(_) if self.attachments > 0 => {
-                self.attachments -= 1;
-                return Ok(());
-            }
+        match message {
+            Message::Text(text) => self.on_text(&text),
             Message::Binary(_) => {
-                debug!(conn = %self.conn.id, "Ignored a binary message that no packet announced.");
-                return Ok(());
+                self.on_binary();
+                Ok(())
             }
             // Read on: the WebSocket answers the close, then ends.
-            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => return Ok(()),
-        };
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) => Ok(()),
+        }
+    }
+
+    fn on_binary(&mut self) {
+        if self.attachments > 0 {
+            self.attachments -= 1;
+        } else {
+            debug!(conn = %self.conn.id, "Ignored a binary message that no packet announced.");
+        }
+    }
+
+    /// Reads one Engine.IO packet.
+    fn on_text(&mut self, text: &str) -> Result<(), End> {
         match text.as_bytes().first() {
             Some(b'4') => self.on_packet(&text[1..]),
             // A pong, or a client's ping: either says the client is there.
             Some(b'3' | b'2') => self.pong_due = None,
             Some(b'1') => return Err(End::Transport),
-            // Noop and upgrade mean nothing on a WebSocket that was never
-            // upgraded.
+            // Noop, and an upgrade that did not come through a probe: the
+            // probing WebSocket is read apart (see `poll_probe`).
             Some(b'5' | b'6') => {}
             _ => self.malformed("Engine.IO"),
         }
@@ -867,7 +1064,11 @@ impl Driver {
             sid,
             namespace: ns,
         };
-        info!(ns = ns.path(), %sid, user = %principal.sub, transport = "websocket", "Connected.");
+        let transport = match self.transport {
+            Transport::WebSocket(_) => "websocket",
+            Transport::Polling(_) => "polling",
+        };
+        info!(ns = ns.path(), %sid, user = %principal.sub, transport, "Connected.");
         {
             let mut shared = self.conn.shared();
             shared.slots[ns.index()] = Some(Slot {
@@ -985,14 +1186,34 @@ impl Driver {
     }
 }
 
+/// Takes the slots of the namespaces the server disconnected; `true` for
+/// each one taken.
+fn take_ended(shared: &mut Shared) -> [bool; 2] {
+    let mut ended = [false; 2];
+    for ns in Namespace::ALL {
+        if shared.slots[ns.index()].as_ref().is_some_and(|s| s.ended) {
+            shared.slots[ns.index()] = None;
+            ended[ns.index()] = true;
+        }
+    }
+    ended
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
-        {
+        let poll = {
             let mut shared = self.conn.shared();
             shared.closing = Some(Closing::Closed);
             shared.queue = VecDeque::new();
             shared.slots = [None, None];
             shared.waker = None;
+            shared.post = None;
+            shared.upgrade = None;
+            shared.poll.take()
+        };
+        // A long-polling client still waiting learns that it is over.
+        if let Some(poll) = poll {
+            let _ = poll.send("1".to_owned());
         }
         let reason = self.end.map_or("connection dropped", End::reason);
         for ns in Namespace::ALL {

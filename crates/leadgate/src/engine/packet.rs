@@ -12,6 +12,9 @@ use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+/// What separates the packets of a long-polling payload.
+pub const SEPARATOR: char = '\x1e';
+
 /// The namespaces the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Namespace {
@@ -143,14 +146,17 @@ fn start(out: &mut String, kind: char, namespace: &str) {
 }
 
 /// Engine.IO's open packet: the session id and the heartbeat's terms.
+/// A long-polling connection is told it may upgrade to a WebSocket.
 pub fn open(
     sid: &str,
+    polling: bool,
     ping_interval: Duration,
     ping_timeout: Duration,
     max_payload: usize,
 ) -> String {
+    let upgrades = if polling { "[\"websocket\"]" } else { "[]" };
     format!(
-        "0{{\"sid\":\"{sid}\",\"upgrades\":[],\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{max_payload}}}",
+        "0{{\"sid\":\"{sid}\",\"upgrades\":{upgrades},\"pingInterval\":{},\"pingTimeout\":{},\"maxPayload\":{max_payload}}}",
         ping_interval.as_millis(),
         ping_timeout.as_millis(),
     )
@@ -236,6 +242,7 @@ impl std::io::Write for StringWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn reads_every_part_of_a_packet() {
@@ -311,16 +318,19 @@ mod tests {
             "44/nope,{\"message\":\"Invalid namespace\"}"
         );
         assert_eq!(disconnect(Namespace::Jobs), "41");
-        let open = open(
-            "abc",
-            Duration::from_secs(25),
-            Duration::from_secs(20),
-            1000,
-        );
-        let json: Value = serde_json::from_str(&open[1..]).expect("JSON after the 0");
-        assert_eq!(
-            json,
-            serde_json::json!({"sid": "abc", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000})
-        );
+        for (polling, upgrades) in [(false, json!([])), (true, json!(["websocket"]))] {
+            let open = open(
+                "abc",
+                polling,
+                Duration::from_secs(25),
+                Duration::from_secs(20),
+                1000,
+            );
+            let opened: Value = serde_json::from_str(&open[1..]).expect("JSON after the 0");
+            assert_eq!(
+                opened,
+                json!({"sid": "abc", "upgrades": upgrades, "pingInterval": 25000, "pingTimeout": 20000, "maxPayload": 1000})
+            );
+        }
     }
 }
