@@ -4,6 +4,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   TRANSPORTS,
+  assertTransport,
   JWT_SECRET,
   startGateway,
   token,
@@ -55,7 +56,7 @@ for (const transport of TRANSPORTS) {
         const foreign = await newJob(gw, uniqueUser('other'));
         const s = await connect(gw, { transport, ...opts(token({ sub: user })) });
         t.after(() => s.close());
-        assert.equal(s.io.engine.transport.name, transport);
+        await assertTransport(s, transport);
         await assertIdentity(s, job, foreign);
       });
 

@@ -9,7 +9,7 @@
 // numeric project id, leads without posted_at and extra fields for `raw`.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { badTokens, token, uniqueUser } from './lib/harness.mjs';
+import { assertTransport, badTokens, token, uniqueUser } from './lib/harness.mjs';
 import {
   KINDS,
   SOURCES_OF,
@@ -88,7 +88,7 @@ for (const kind of KINDS) {
       for (const source of SOURCES_OF[kind]) {
         it(`token from ${source}: leads_init right after connect, page 1 of 100, total after the imports`, async (t) => {
           const c = await client(kind, t, { source });
-          if (kind !== 'ws') assert.equal(c.transport, kind.replace('sio-', ''), 'the transport in use');
+          if (kind !== 'ws') await assertTransport(c.socket, kind.replace('sio-', ''));
           assert.equal(c.messages[0].type, 'leads_init', 'the first message is leads_init');
           assertPage(c.messages[0].payload, { page: 1, page_size: 100, want: expectedKeys(ALL) });
           assert.equal(c.messages.length, 1, `nothing but leads_init before a request: ${JSON.stringify(c.messages.map((m) => m.type))}`);

@@ -4,6 +4,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   TRANSPORTS,
+  assertTransport,
   startGateway,
   token,
   newJob,
@@ -64,7 +65,7 @@ for (const transport of TRANSPORTS) {
       const status = await c.statuses.waitFor((s) => s && s.jobId === jobId, 10_000).catch((e) => {
         throw new Error(`${e.message}; connect_errors: ${JSON.stringify(c.connectErrors.items.map((x) => x.message))}; errors: ${JSON.stringify(c.errors.items)}`);
       });
-      assert.equal(c.socket.io.engine.transport.name, transport, 'the socket uses the transport under test');
+      await assertTransport(c.socket, transport);
       assertFreshJobStatus(status, jobId, 100);
 
       const events = [

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { io } from 'socket.io-client';
+import assert from 'node:assert/strict';
 
 const execFileP = promisify(execFile);
 
@@ -28,8 +29,12 @@ export const JWT_SECRET = 'e2e-test-secret-7f3a9c2d1b8e4f60a5d3c1e9b7f2a4d8';
 export const API_KEY = 'e2e-worker-key-0123456789abcdef';
 export const API_KEY_2 = 'e2e-worker-key-second';
 
-/** Both Socket.IO transports; every socket scenario runs once per entry. */
-export const TRANSPORTS = ['websocket', 'polling'];
+/**
+ * How a socket.io-client reaches the gateway; every socket scenario runs
+ * once per entry: a WebSocket from the start, long-polling only, and the
+ * client's default (long-polling, then upgraded to a WebSocket).
+ */
+export const TRANSPORTS = ['websocket', 'polling', 'upgrade'];
 
 const PG_HINT =
   'PostgreSQL is not reachable at 127.0.0.1:5432. Start it with:\n' +
@@ -401,9 +406,42 @@ export async function mustPost(gw, jobId, event) {
 // Socket.IO clients
 // ---------------------------------------------------------------------------
 
-/** socket.io-client options forcing one transport (no upgrade). */
+/** socket.io-client options for one of TRANSPORTS. */
 export function transportOpts(transport) {
-  return transport === 'polling' ? { transports: ['polling'], upgrade: false } : { transports: ['websocket'] };
+  switch (transport) {
+    case 'websocket':
+      return { transports: ['websocket'] };
+    case 'polling':
+      return { transports: ['polling'], upgrade: false };
+    case 'upgrade':
+      return {};
+    default:
+      throw new Error(`unknown transport ${transport}`);
+  }
+}
+
+/**
+ * Asserts that a connected socket uses the transport under test; for
+ * 'upgrade', that it started on long-polling and is, or within a second
+ * becomes, a WebSocket.
+ */
+export async function assertTransport(socket, transport) {
+  const engine = socket.io.engine;
+  if (transport !== 'upgrade') {
+    assert.equal(engine.transport.name, transport, 'the socket uses the transport under test');
+    return;
+  }
+  if (engine.transport.name !== 'websocket') {
+    assert.equal(engine.transport.name, 'polling', 'a default client starts on long-polling');
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the client did not upgrade to a WebSocket within 1 s')), 1000);
+      engine.once('upgrade', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+  assert.equal(engine.transport.name, 'websocket', 'the client upgraded to a WebSocket');
 }
 
 /**

@@ -33,10 +33,10 @@ export function fixturePath(provider) {
 }
 
 /**
- * The client kinds every leads scenario runs over: Socket.IO `/leads` on
- * each transport (no upgrade), and the plain WebSocket `/ws/leads/`.
+ * The client kinds every leads scenario runs over: Socket.IO `/leads` over
+ * each of the harness's TRANSPORTS, and the plain WebSocket `/ws/leads/`.
  */
-export const KINDS = ['sio-websocket', 'sio-polling', 'ws'];
+export const KINDS = ['sio-websocket', 'sio-polling', 'sio-upgrade', 'ws'];
 
 /** The fields of a lead on a page (leads_init / leads_updated). */
 export const LEAD_FIELDS = [
@@ -96,6 +96,7 @@ export const TOKEN_SOURCES = {
 export const SOURCES_OF = {
   'sio-websocket': ['auth', 'query', 'header', 'cookie'],
   'sio-polling': ['auth', 'query', 'header', 'cookie'],
+  'sio-upgrade': ['auth', 'query', 'header', 'cookie'],
   ws: ['query', 'header', 'cookie'],
 };
 
@@ -160,7 +161,7 @@ export class LeadsClient {
         this.#wake();
       });
     } else {
-      const transport = kind === 'sio-polling' ? 'polling' : 'websocket';
+      const transport = kind.replace('sio-', '');
       const sioOpts = { namespace: '/leads', transport };
       if (Object.keys(allHeaders).length) sioOpts.extraHeaders = allHeaders;
       if (Object.keys(allQuery).length) sioOpts.query = allQuery;
