@@ -1,7 +1,7 @@
-//! The wire of leadgate's own Engine.IO engine, which serves WebSockets
-//! opened straight away: one connection carrying both namespaces, what it
-//! answers to what a stock client never sends, and that it counts and
-//! forgets its sockets.
+//! The wire of leadgate's Engine.IO engine: one connection carrying both
+//! namespaces, what it answers to what a stock client never sends, that it
+//! counts and forgets its sockets, and long-polling with its upgrade to a
+//! WebSocket.
 
 use std::time::Duration;
 
@@ -203,7 +203,243 @@ async fn what_stock_clients_never_send_is_handled(backend: Backend) {
     gw.shutdown().await;
 }
 
+/// A long-polling connection, as socket.io-client drives one: GETs take
+/// what the server queued, POSTs carry the client's packets.
+struct Polling {
+    http: reqwest::Client,
+    url: String,
+    sid: String,
+    /// Packets a GET brought after the one looked for.
+    backlog: std::collections::VecDeque<String>,
+}
+
+impl Polling {
+    async fn open(gw: &Gateway) -> (Polling, Value) {
+        let http = reqwest::Client::new();
+        let base = format!("http://{}/socket.io/?EIO=4&transport=polling", gw.addr);
+        let body = http.get(&base).send().await.unwrap().text().await.unwrap();
+        let handshake: Value =
+            serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+        let sid = handshake["sid"].as_str().unwrap().to_owned();
+        let url = format!("{base}&sid={sid}");
+        let backlog = Default::default();
+        (
+            Polling {
+                http,
+                url,
+                sid,
+                backlog,
+            },
+            handshake,
+        )
+    }
+
+    /// The packets of the next GET; panics after 5 s.
+    async fn get(&self) -> Vec<String> {
+        let response =
+            tokio::time::timeout(Duration::from_secs(5), self.http.get(&self.url).send())
+                .await
+                .expect("a GET answered within 5 s")
+                .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        body.split('\x1e').map(str::to_owned).collect()
+    }
+
+    async fn post(&self, payload: impl Into<String>) -> reqwest::Response {
+        self.http
+            .post(&self.url)
+            .body(payload.into())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The next packet, GETting when none is left over; answers pings.
+    async fn next(&mut self) -> String {
+        loop {
+            if self.backlog.is_empty() {
+                self.backlog.extend(self.get().await);
+            }
+            match self.backlog.pop_front() {
+                Some(ping) if ping == "2" => {
+                    self.post("3").await;
+                }
+                Some(packet) => return packet,
+                None => {}
+            }
+        }
+    }
+}
+
+/// The connection gauge of `namespace` on `transport`.
+async fn gauge(gw: &Gateway, namespace: &str, transport: &str) -> f64 {
+    let series =
+        format!("leadgate_connections{{namespace=\"{namespace}\",transport=\"{transport}\"}}");
+    super::ops::sample(&super::ops::scrape(gw).await, &series)
+}
+
+/// engine.io's refusal: status 400 and its code.
+async fn refusal(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    body["code"].clone()
+}
+
+async fn long_polling_serves_and_upgrades(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    let job = gw.create_job("carol").await;
+    let (mut polling, handshake) = Polling::open(&gw).await;
+    assert_eq!(handshake["upgrades"], json!(["websocket"]));
+
+    let auth = json!({ "token": gw.token("carol") });
+    let posted = polling.post(format!("40{auth}")).await;
+    assert_eq!(posted.status(), 200);
+    assert_eq!(posted.text().await.unwrap(), "ok");
+    assert!(polling.next().await.starts_with("40{"));
+    // Two packets in one POST, as the client batches them.
+    polling
+        .post(format!(
+            "42/leads,[\"x\"]\x1e421[\"subscribe-job\",\"{job}\"]"
+        ))
+        .await;
+    assert_eq!(after(&polling.next().await, "42")[0], "job-status");
+    assert_eq!(after(&polling.next().await, "431"), json!([{ "ok": true }]));
+    assert_eq!(gauge(&gw, "/", "polling").await, 1.0);
+    gw.post_event(
+        job,
+        json!({ "type": "progress", "progress": 10, "processedLeads": 1, "totalLeads": 10 }),
+    )
+    .await;
+    assert_eq!(after(&polling.next().await, "42")[1]["seq"], json!(1));
+
+    // The upgrade: probe the WebSocket while a GET waits; the GET is let go
+    // with a noop, and after `5` the WebSocket carries the connection.
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        gw.addr, polling.sid
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let waiting = tokio::spawn({
+        let (http, url) = (polling.http.clone(), polling.url.clone());
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    send(&mut ws, "2probe".into()).await;
+    assert_eq!(next_text(&mut ws).await, "3probe");
+    assert_eq!(waiting.await.unwrap(), "6");
+    send(&mut ws, "5".into()).await;
+    gw.post_event(
+        job,
+        json!({ "type": "progress", "progress": 20, "processedLeads": 2, "totalLeads": 10 }),
+    )
+    .await;
+    assert_eq!(after(&next_text(&mut ws).await, "42")[1]["seq"], json!(2));
+    assert_eq!(gauge(&gw, "/", "websocket").await, 1.0);
+    assert_eq!(gauge(&gw, "/", "polling").await, 0.0);
+    // Long-polling is over for this connection.
+    assert_eq!(
+        refusal(polling.http.get(&polling.url).send().await.unwrap()).await,
+        3
+    );
+
+    ws.close(None).await.unwrap();
+    for _ in 0..50 {
+        if gauge(&gw, "/", "websocket").await == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauge(&gw, "/", "websocket").await, 0.0);
+    assert_eq!(
+        refusal(polling.post("3").await).await,
+        1,
+        "the session is forgotten"
+    );
+    gw.shutdown().await;
+}
+
+async fn long_polling_refuses_what_it_cannot_serve(backend: Backend) {
+    let gw = Gateway::start(backend).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/", gw.addr);
+    let get = |query: &str| http.get(format!("{base}?{query}")).send();
+    assert_eq!(
+        refusal(
+            get("EIO=4&transport=polling&sid=AAAAAAAAAAAAAAAA")
+                .await
+                .unwrap()
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        refusal(get("EIO=3&transport=polling").await.unwrap()).await,
+        5
+    );
+    assert_eq!(
+        refusal(get("EIO=4&transport=flash").await.unwrap()).await,
+        0
+    );
+    let post = http
+        .post(format!("{base}?EIO=4&transport=polling"))
+        .body("40")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refusal(post).await, 2);
+
+    // A payload over maxPayload: 413, and the connection is closed.
+    let (polling, handshake) = Polling::open(&gw).await;
+    let max = handshake["maxPayload"].as_u64().unwrap() as usize;
+    let huge = format!("42[\"subscribe-job\",\"{}\"]", "x".repeat(max));
+    assert_eq!(polling.post(huge).await.status(), 413);
+    assert_eq!(polling.get().await, ["1"], "the close packet");
+
+    // A packet that is not Engine.IO: 400, and closed.
+    let (polling, _) = Polling::open(&gw).await;
+    assert_eq!(polling.post("9").await.status(), 400);
+    assert_eq!(polling.get().await, ["1"]);
+
+    // Two GETs at once: the second is refused, the first told the end.
+    let (polling, _) = Polling::open(&gw).await;
+    let first = tokio::spawn({
+        let (http, url) = (polling.http.clone(), polling.url.clone());
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        refusal(polling.http.get(&polling.url).send().await.unwrap()).await,
+        3
+    );
+    assert_eq!(first.await.unwrap(), "1");
+
+    // A WebSocket upgrade that sends anything but the probe is dropped;
+    // the connection goes on polling.
+    let (mut polling, _) = Polling::open(&gw).await;
+    let url = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        gw.addr, polling.sid
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    send(&mut ws, "5".into()).await;
+    assert!(
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), ws.next()).await,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_))))
+        ),
+        "the probe is dropped"
+    );
+    let auth = json!({ "token": gw.token("dave") });
+    polling.post(format!("40{auth}")).await;
+    assert!(polling.next().await.starts_with("40{"));
+    assert_eq!(gauge(&gw, "/", "polling").await, 1.0);
+    gw.shutdown().await;
+}
+
 on_every_backend!(
     one_connection_carries_both_namespaces,
     what_stock_clients_never_send_is_handled,
+    long_polling_serves_and_upgrades,
+    long_polling_refuses_what_it_cannot_serve,
 );
