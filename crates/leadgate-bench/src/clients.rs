@@ -3,7 +3,10 @@
 //!
 //! It speaks Engine.IO 4 / Socket.IO 5 over WebSocket itself, the way
 //! socket.io-client does once it runs on WebSocket: wait for the open packet,
-//! connect to `/` with `auth: { token }`, answer every ping. Everything runs
+//! connect to `/` with `auth: { token }`, answer every ping. With
+//! [`Plan::upgrade`] each connection starts the way a default
+//! socket.io-client does: on long-polling, then upgraded to a WebSocket
+//! (see [`upgrade`]). Everything runs
 //! on one thread, so the counters need no locks; the coordinator starts one
 //! such process per few thousand connections and per core.
 //!
@@ -19,7 +22,7 @@ use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::WebSocketStream;
@@ -37,6 +40,10 @@ pub struct Plan {
     pub clients: Vec<ClientSpec>,
     /// Connections being set up at the same time.
     pub concurrency: usize,
+    /// Start on long-polling and upgrade, as a default socket.io-client
+    /// does, instead of opening a WebSocket straight away.
+    #[serde(default)]
+    pub upgrade: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -223,10 +230,10 @@ async fn open_all(plan: Plan, tally: Rc<RefCell<Tally>>) -> Report {
         let permits = permits.clone();
         let outcome = outcome.clone();
         let tally = tally.clone();
-        let source = plan.source;
+        let (source, upgrade) = (plan.source, plan.upgrade);
         setups.push(tokio::task::spawn_local(async move {
             let permit = permits.acquire().await.expect("never closed");
-            let opened = open(source, target, &spec).await;
+            let opened = open(source, target, &spec, upgrade).await;
             drop(permit);
             match opened {
                 Ok((ws, seq)) => {
@@ -260,37 +267,28 @@ async fn open_all(plan: Plan, tally: Rc<RefCell<Tally>>) -> Report {
 /// One connection: WebSocket, Engine.IO open, Socket.IO connect with the
 /// token and, if the spec names a job, `subscribe-job` answered by
 /// `job-status`. Returns the socket and the snapshot's `seq`.
-async fn open(source: IpAddr, target: SocketAddr, spec: &ClientSpec) -> anyhow::Result<(Ws, u64)> {
+async fn open(
+    source: IpAddr,
+    target: SocketAddr,
+    spec: &ClientSpec,
+    upgrade: bool,
+) -> anyhow::Result<(Ws, u64)> {
     const SETUP: Duration = Duration::from_secs(60);
     tokio::time::timeout(SETUP, async {
-        let socket = match target {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        let mut ws = if upgrade {
+            self::upgrade(source, target, &spec.token).await?
+        } else {
+            let stream = tcp(source, target).await?;
+            let mut ws = websocket(stream, target, "").await?;
+            let open = next_text(&mut ws).await?;
+            if !open.starts_with('0') {
+                bail!("expected the Engine.IO open packet, got {open:?}");
+            }
+            let auth = serde_json::json!({ "token": spec.token });
+            ws.send(Message::text(format!("40{auth}"))).await?;
+            connected(&next_text(&mut ws).await?)?;
+            ws
         };
-        socket.bind(SocketAddr::new(source, 0))?;
-        let stream = socket.connect(target).await.context("TCP connect")?;
-        stream.set_nodelay(true)?;
-        let url = format!("ws://{target}/socket.io/?EIO=4&transport=websocket");
-        let config = WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
-            .write_buffer_size(0);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
-                .await
-                .context("WebSocket handshake")?;
-        let open = next_text(&mut ws).await?;
-        if !open.starts_with('0') {
-            bail!("expected the Engine.IO open packet, got {open:?}");
-        }
-        let auth = serde_json::json!({ "token": spec.token });
-        ws.send(Message::text(format!("40{auth}"))).await?;
-        let connected = next_text(&mut ws).await?;
-        if let Some(refusal) = connected.strip_prefix("44") {
-            bail!("connect refused: {refusal}");
-        }
-        if !connected.starts_with("40") {
-            bail!("expected the namespace connect, got {connected:?}");
-        }
         let Some(job) = &spec.job else {
             return Ok((ws, 0));
         };
@@ -307,6 +305,132 @@ async fn open(source: IpAddr, target: SocketAddr, spec: &ClientSpec) -> anyhow::
     })
     .await
     .context("setting up took over a minute")?
+}
+
+async fn tcp(source: IpAddr, target: SocketAddr) -> anyhow::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(target).await.context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A WebSocket to the Engine.IO endpoint; `sid` (`&sid=…`) to upgrade.
+async fn websocket(stream: TcpStream, target: SocketAddr, sid: &str) -> anyhow::Result<Ws> {
+    let url = format!("ws://{target}/socket.io/?EIO=4&transport=websocket{sid}");
+    let config = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    Ok(ws)
+}
+
+/// Checks the answer to a namespace connect.
+fn connected(packet: &str) -> anyhow::Result<()> {
+    if let Some(refusal) = packet.strip_prefix("44") {
+        bail!("connect refused: {refusal}");
+    }
+    if !packet.starts_with("40") {
+        bail!("expected the namespace connect, got {packet:?}");
+    }
+    Ok(())
+}
+
+/// Connects the way a default socket.io-client does: the Engine.IO
+/// handshake and the namespace connect over long-polling (HTTP/1.1 on one
+/// kept-alive connection), then a WebSocket with the session id, probed
+/// (`2probe`, `3probe`) and taken over (`5`). The long-polling connection
+/// is closed once the WebSocket carries the session, as a browser closes
+/// an idle one.
+async fn upgrade(source: IpAddr, target: SocketAddr, token: &str) -> anyhow::Result<Ws> {
+    let mut polling = Polling {
+        stream: BufReader::new(tcp(source, target).await?),
+        target,
+        sid: String::new(),
+    };
+    let open = polling.request("GET", "").await?;
+    let handshake: serde_json::Value = serde_json::from_str(
+        open.strip_prefix('0')
+            .with_context(|| format!("expected the Engine.IO open packet, got {open:?}"))?,
+    )?;
+    let sid = handshake["sid"]
+        .as_str()
+        .context("an open packet without sid")?;
+    polling.sid = format!("&sid={sid}");
+    let auth = serde_json::json!({ "token": token });
+    let ok = polling.request("POST", &format!("40{auth}")).await?;
+    if ok != "ok" {
+        bail!("the connect's POST was answered {ok:?}");
+    }
+    loop {
+        let payload = polling.request("GET", "").await?;
+        if let Some(packet) = payload.split('\x1e').find(|p| p.starts_with("4")) {
+            connected(packet)?;
+            break;
+        }
+    }
+    let mut ws = websocket(tcp(source, target).await?, target, &polling.sid).await?;
+    ws.send(Message::text("2probe")).await?;
+    let probe = next_text(&mut ws).await?;
+    if probe != "3probe" {
+        bail!("expected 3probe, got {probe:?}");
+    }
+    ws.send(Message::text("5")).await?;
+    Ok(ws)
+}
+
+/// A long-polling session over one HTTP/1.1 connection.
+struct Polling {
+    stream: BufReader<TcpStream>,
+    target: SocketAddr,
+    /// `&sid=…` once the handshake gave one.
+    sid: String,
+}
+
+impl Polling {
+    /// Sends a request and returns the response's body, which must come
+    /// with status 200 and a Content-Length.
+    async fn request(&mut self, method: &str, body: &str) -> anyhow::Result<String> {
+        let request = format!(
+            "{method} /socket.io/?EIO=4&transport=polling{sid} HTTP/1.1\r\n\
+             Host: {host}\r\nContent-Type: text/plain;charset=UTF-8\r\n\
+             Content-Length: {length}\r\n\r\n{body}",
+            sid = self.sid,
+            host = self.target,
+            length = body.len(),
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await?;
+        let status = line.split(' ').nth(1).unwrap_or("");
+        if status != "200" {
+            bail!("{method} answered {:?}", line.trim_end());
+        }
+        let mut length = None;
+        loop {
+            line.clear();
+            if self.stream.read_line(&mut line).await? == 0 {
+                bail!("the connection closed in the headers");
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = Some(value.trim().parse::<usize>()?);
+            }
+        }
+        let mut body = vec![0; length.context("a response without Content-Length")?];
+        self.stream.read_exact(&mut body).await?;
+        Ok(String::from_utf8(body)?)
+    }
 }
 
 /// The next text message, answering pings on the way.

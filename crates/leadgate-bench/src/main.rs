@@ -37,7 +37,11 @@ struct Cli {
     gateways: Vec<Gateway>,
 
     /// Which scenarios to run.
-    #[arg(long, value_delimiter = ',', default_values = ["idle", "connect", "fanout"])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = ["idle", "idle-upgrade", "connect", "fanout"]
+    )]
     scenarios: Vec<Scenario>,
 
     /// Connection counts of the idle scenario, instead of the defaults.
@@ -89,7 +93,11 @@ enum Gateway {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
+    /// Idle connections opened as WebSockets.
     Idle,
+    /// Idle connections upgraded from long-polling (socket.io-client's
+    /// default).
+    IdleUpgrade,
     Connect,
     /// Fan-out, then latency, on the same clients.
     Fanout,
@@ -194,13 +202,25 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
 
     // Scenario by scenario, each gateway in turn, so that a slow drift of
     // the machine touches both alike.
-    if cli.scenarios.contains(&Scenario::Idle) {
+    for (scenario, upgrade) in [(Scenario::Idle, false), (Scenario::IdleUpgrade, true)] {
+        if !cli.scenarios.contains(&scenario) {
+            continue;
+        }
+        let how = if upgrade {
+            ", upgraded from long-polling"
+        } else {
+            ""
+        };
         for n in bench.settings.idle_sizes.clone() {
             for &kind in &kinds {
-                eprintln!("idle: {} with {n} connections", kind.name());
+                eprintln!("idle: {} with {n} connections{how}", kind.name());
                 let results = run.results_mut(kind);
-                let idle = bench.idle(kind, n, &mut results.faults).await?;
-                results.idle.push(idle);
+                let idle = bench.idle(kind, n, upgrade, &mut results.faults).await?;
+                if upgrade {
+                    results.idle_upgrade.push(idle);
+                } else {
+                    results.idle.push(idle);
+                }
             }
         }
     }

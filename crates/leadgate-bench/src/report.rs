@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::procs::Kind;
-use crate::scenarios::{Results, Settings};
+use crate::scenarios::{IdleResult, Results, Settings};
 
 #[derive(Debug, Serialize)]
 pub struct Run {
@@ -92,26 +92,27 @@ impl Run {
         let lg = self.gateways.get("leadgate").unwrap_or(&empty);
         let node = self.gateways.get("node").unwrap_or(&empty);
         let mut rows: Vec<(String, Option<f64>, Option<f64>, Target)> = Vec::new();
-        let sizes: Vec<usize> = lg
-            .idle
-            .iter()
-            .chain(&node.idle)
-            .map(|idle| idle.requested)
-            .collect();
-        for &n in &self.settings.idle_sizes {
-            let find = |r: &Results| {
-                r.idle
-                    .iter()
-                    .find(|idle| idle.requested == n)
-                    .map(|idle| idle.kib_per_connection)
-            };
-            if sizes.contains(&n) {
-                rows.push((
-                    format!("idle: KiB RSS per connection, N={n}"),
-                    find(lg),
-                    find(node),
-                    Target::RatioAtMost(0.5),
-                ));
+        let idles: [(&str, fn(&Results) -> &Vec<IdleResult>); 2] = [
+            ("idle", |r| &r.idle),
+            ("idle, upgraded", |r| &r.idle_upgrade),
+        ];
+        for (name, idle) in idles {
+            for &n in &self.settings.idle_sizes {
+                let find = |r: &Results| {
+                    idle(r)
+                        .iter()
+                        .find(|idle| idle.requested == n)
+                        .map(|idle| idle.kib_per_connection)
+                };
+                let (lg_kib, node_kib) = (find(lg), find(node));
+                if lg_kib.is_some() || node_kib.is_some() {
+                    rows.push((
+                        format!("{name}: KiB RSS per connection, N={n}"),
+                        lg_kib,
+                        node_kib,
+                        Target::RatioAtMost(0.5),
+                    ));
+                }
             }
         }
         if lg.connect.is_some() || node.connect.is_some() {
@@ -203,10 +204,15 @@ impl Run {
             }
         }
 
+        let width = rows
+            .iter()
+            .map(|row| row.0.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\n{:<44} {:>12} {:>12} {:>9}  target",
+            "\n{:<width$} {:>12} {:>12} {:>9}  target",
             "", "leadgate", "node", "ratio"
         );
         for (name, lg, node, target) in rows {
@@ -226,7 +232,7 @@ impl Run {
             };
             let _ = writeln!(
                 out,
-                "{:<44} {:>12} {:>12} {:>9}  {}",
+                "{:<width$} {:>12} {:>12} {:>9}  {}",
                 name,
                 figure(lg),
                 figure(node),

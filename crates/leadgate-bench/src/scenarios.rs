@@ -170,6 +170,8 @@ impl Faults {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Results {
     pub idle: Vec<IdleResult>,
+    /// The idle scenario with clients that upgrade from long-polling.
+    pub idle_upgrade: Vec<IdleResult>,
     pub connect: Option<ConnectResult>,
     pub fanout: Option<FanoutResult>,
     pub latency: Option<LatencyResult>,
@@ -352,6 +354,7 @@ impl Bench {
                 source: self.source(),
                 clients: Vec::with_capacity(count / processes + 1),
                 concurrency: 128,
+                upgrade: false,
             })
             .collect();
         for i in 0..count {
@@ -390,17 +393,23 @@ impl Bench {
     }
 
     /// Idle: `n` connections, each subscribed to one job; the server's RSS
-    /// growth divided by `n`.
+    /// growth divided by `n`. With `upgrade`, every client starts on
+    /// long-polling and upgrades to a WebSocket, as a default
+    /// socket.io-client does.
     pub async fn idle(
         &mut self,
         kind: Kind,
         n: usize,
+        upgrade: bool,
         faults: &mut Faults,
     ) -> anyhow::Result<IdleResult> {
         let server = self.start(kind).await?;
         self.warm_up(&server).await?;
         let before = server.usage()?;
-        let plans = self.plans(n, &[server.addr], true, 1)?;
+        let mut plans = self.plans(n, &[server.addr], true, 1)?;
+        for plan in &mut plans {
+            plan.upgrade = upgrade;
+        }
         let mut fleet = Fleet::spawn(plans).await?;
         let ready = fleet.go().await?;
         faults.add_ready(&ready);
