@@ -92,11 +92,9 @@ impl Run {
         let lg = self.gateways.get("leadgate").unwrap_or(&empty);
         let node = self.gateways.get("node").unwrap_or(&empty);
         let mut rows: Vec<(String, Option<f64>, Option<f64>, Target)> = Vec::new();
-        let idles: [(&str, fn(&Results) -> &Vec<IdleResult>); 2] = [
-            ("idle", |r| &r.idle),
-            ("idle, upgraded", |r| &r.idle_upgrade),
-        ];
-        for (name, idle) in idles {
+        for (name, upgraded) in [("idle", false), ("idle, upgraded", true)] {
+            let idle =
+                |r: &Results| -> &[IdleResult] { if upgraded { &r.idle_upgrade } else { &r.idle } };
             for &n in &self.settings.idle_sizes {
                 let find = |r: &Results| {
                     idle(r)
