@@ -60,6 +60,15 @@ impl Machine {
     }
 }
 
+/// The idle scenario's results, of clients that upgraded or not.
+fn idle_results(results: &Results, upgraded: bool) -> &[IdleResult] {
+    if upgraded {
+        &results.idle_upgrade
+    } else {
+        &results.idle
+    }
+}
+
 /// Which way a figure should go, and how far, for a row's verdict.
 enum Target {
     /// leadgate / node at most this.
@@ -93,11 +102,9 @@ impl Run {
         let node = self.gateways.get("node").unwrap_or(&empty);
         let mut rows: Vec<(String, Option<f64>, Option<f64>, Target)> = Vec::new();
         for (name, upgraded) in [("idle", false), ("idle, upgraded", true)] {
-            let idle =
-                |r: &Results| -> &[IdleResult] { if upgraded { &r.idle_upgrade } else { &r.idle } };
             for &n in &self.settings.idle_sizes {
                 let find = |r: &Results| {
-                    idle(r)
+                    idle_results(r, upgraded)
                         .iter()
                         .find(|idle| idle.requested == n)
                         .map(|idle| idle.kib_per_connection)
