@@ -274,7 +274,7 @@ pub async fn run_sweeper(
 ) {
     // Sockets being evicted, and whether they were told why: the message
     // and the disconnect go out as soon as they fit in the socket's queue.
-    let mut evicting: Vec<(crate::client::Client, bool)> = Vec::new();
+    let mut evicting: Vec<(crate::engine::Socket, bool)> = Vec::new();
     let why = leadgate_protocol::ClientError {
         message: "disconnected: too slow to keep up with updates".into(),
     };

@@ -25,12 +25,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use leadgate_protocol::{JobStatus, JobUpdate};
-use socketioxide::socket::Sid;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::client::{self, Client};
-use crate::engine::EncodedEvent;
+use crate::engine::{EncodedEvent, SendError, Sid, Socket};
 use crate::metrics::Metrics;
 
 /// Updates buffered for a pending subscription. Past this the buffer is
@@ -51,7 +49,7 @@ pub struct Hub {
 }
 
 struct Subscriber {
-    socket: Client,
+    socket: Socket,
     /// Tells one subscription of a socket to a job from a later one.
     token: u64,
     state: State,
@@ -138,7 +136,7 @@ impl Hub {
     /// Registers `socket` for `job`, pending and not yet authorized,
     /// replacing an earlier subscription of the same socket. Returns the
     /// token for [`Hub::activate`].
-    pub fn begin(&self, job: Uuid, socket: &Client) -> u64 {
+    pub fn begin(&self, job: Uuid, socket: &Socket) -> u64 {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(&job);
         let subscribers = shard.entry(job).or_default();
@@ -334,10 +332,10 @@ impl Hub {
     /// queued for a refresh, which sends a fresh `job-status` once it fits;
     /// a socket lagging for longer than `grace` loses its subscriptions and
     /// is returned, to be disconnected.
-    pub fn sweep(&self, grace: Duration) -> Vec<Client> {
+    pub fn sweep(&self, grace: Duration) -> Vec<Socket> {
         // First the sockets past the grace, then all of their subscriptions
         // go, whichever job they lag on.
-        let mut evicted: Vec<Client> = Vec::new();
+        let mut evicted: Vec<Socket> = Vec::new();
         let mut jobs = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -458,7 +456,7 @@ impl RefreshQueue {
 
 fn send<T: serde::Serialize>(
     metrics: &Metrics,
-    socket: &Client,
+    socket: &Socket,
     event: &'static str,
     data: &T,
     job: Uuid,
@@ -466,16 +464,16 @@ fn send<T: serde::Serialize>(
     sent(metrics, socket, event, socket.emit(event, data), job)
 }
 
-fn send_encoded(metrics: &Metrics, socket: &Client, event: &EncodedEvent, job: Uuid) -> bool {
+fn send_encoded(metrics: &Metrics, socket: &Socket, event: &EncodedEvent, job: Uuid) -> bool {
     let result = socket.emit_encoded(event);
     sent(metrics, socket, event.name(), result, job)
 }
 
 fn sent(
     metrics: &Metrics,
-    socket: &Client,
+    socket: &Socket,
     event: &'static str,
-    result: Result<(), client::EmitError>,
+    result: Result<(), SendError>,
     job: Uuid,
 ) -> bool {
     metrics.message(event, result.is_ok());

@@ -5,123 +5,26 @@
 //! `unsubscribe-job` stops them. A job that does not exist and a job of
 //! another user get the same answer, so job ids cannot be probed.
 
-use std::sync::Arc;
-
 use leadgate_protocol::{Ack, ClientError, parse_job_id};
 use serde_json::Value;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
-use socketioxide::socket::DisconnectReason;
 use tracing::{debug, error, info};
 
 use crate::App;
-use crate::auth::{AuthError, handshake_token};
-use crate::client::Client;
+use crate::engine::Socket;
 use crate::hub::Activation;
-use crate::session::{Session, TokenExpiry, Turn, Turnstile};
+use crate::session::{Session, TokenExpiry};
 
 /// The answer for an unknown job and for another user's job alike.
 pub const JOB_NOT_FOUND: &str = "job not found";
 const BAD_JOB_ID: &str = "jobId must be a UUID string";
 
-/// Connect middleware: refuses the handshake unless it carries a valid token.
-pub async fn authenticate(
-    socket: SocketRef,
-    State(app): State<App>,
-    TryData(auth): TryData<Value>,
-) -> Result<(), AuthError> {
-    let parts = socket.req_parts();
-    let result = app
-        .admit(crate::limits::peer(parts), &parts.headers)
-        .and_then(|()| handshake_token(auth.as_ref().ok(), &parts.headers, parts.uri.query()))
-        .and_then(|token| app.verifier.verify(&token))
-        .and_then(|principal| Ok((app.user_slot(&principal.sub)?, principal)));
-    match result {
-        Ok((slot, principal)) => {
-            socket
-                .extensions
-                .insert(TokenExpiry::new(principal.expires_at));
-            socket
-                .extensions
-                .insert(Session::new(principal, slot, app.limits.event_rate));
-            socket.extensions.insert(Turnstile::new());
-            // Registered here, before the client is told it is connected:
-            // socketioxide runs the connect handler in a task of its own, so
-            // an event sent right after `connect` could otherwise arrive
-            // before its handler exists and be lost.
-            socket.on("subscribe-job", subscribe);
-            socket.on("unsubscribe-job", unsubscribe);
-            socket.on("refresh-token", refresh_token);
-            socket.on_disconnect(on_disconnect);
-            Ok(())
-        }
-        Err(e) => {
-            info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection.");
-            Err(e)
-        }
-    }
-}
-
-/// Connect handler: the socket is authenticated and its events are wired.
-pub async fn on_connect(socket: SocketRef) {
-    if let Some(session) = socket.extensions.get::<Arc<Session>>() {
-        info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, transport = ?socket.transport_type(), "Connected.");
-    }
-}
-
-async fn subscribe(
-    socket: SocketRef,
-    State(app): State<App>,
-    TryData(arg): TryData<Value>,
-    ack: AckSender,
-    mut turn: Turn,
-) {
-    turn.wait().await;
-    answer(socket, &app, "subscribe-job", arg.ok(), ack).await;
-}
-
-async fn unsubscribe(
-    socket: SocketRef,
-    State(app): State<App>,
-    TryData(arg): TryData<Value>,
-    ack: AckSender,
-    mut turn: Turn,
-) {
-    turn.wait().await;
-    answer(socket, &app, "unsubscribe-job", arg.ok(), ack).await;
-}
-
-/// `refresh-token` `token` (or `{ token }`): a fresh token for the same user
-/// keeps the connection beyond the first token's expiry.
-async fn refresh_token(
-    socket: SocketRef,
-    State(app): State<App>,
-    TryData(arg): TryData<Value>,
-    ack: AckSender,
-) {
-    answer(socket, &app, "refresh-token", arg.ok(), ack).await;
-}
-
-/// Runs a request of a socketioxide socket and acks the answer.
-async fn answer(socket: SocketRef, app: &App, event: &str, arg: Option<Value>, ack: AckSender) {
-    let (Some(session), Some(expiry)) = (
-        socket.extensions.get::<Arc<Session>>(),
-        socket.extensions.get::<TokenExpiry>(),
-    ) else {
-        return;
-    };
-    let client = Client::Sio(socket);
-    if let Some(answer) = request(app, &client, &session, &expiry, event, arg).await {
-        let _ = ack.send(&answer);
-    }
-}
-
-/// Runs one request of a client of `/`, whichever engine serves it, and
+/// Runs one request of a client of `/` and
 /// returns the answer for its ack: `None` for an event the namespace does
 /// not know (ignored) and for a subscription that ended while it was made.
 /// A refused request is also told with an `error` event.
 pub(crate) async fn request(
     app: &App,
-    client: &Client,
+    client: &Socket,
     session: &Session,
     expiry: &TokenExpiry,
     event: &str,
@@ -155,7 +58,7 @@ pub(crate) async fn request(
 /// its ack.
 pub(crate) fn refresh(
     app: &App,
-    client: &Client,
+    client: &Socket,
     session: &Session,
     expiry: &TokenExpiry,
     arg: Option<Value>,
@@ -181,7 +84,7 @@ pub(crate) fn refresh(
 /// ended meanwhile, `Err` with the refusal.
 async fn subscribe_job(
     app: &App,
-    client: &Client,
+    client: &Socket,
     session: &Session,
     arg: Option<Value>,
 ) -> Result<bool, String> {
@@ -237,7 +140,7 @@ async fn subscribe_job(
 
 fn unsubscribe_job(
     app: &App,
-    client: &Client,
+    client: &Socket,
     session: &Session,
     arg: Option<Value>,
 ) -> Result<bool, String> {
@@ -250,19 +153,9 @@ fn unsubscribe_job(
     Ok(true)
 }
 
-async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: DisconnectReason) {
-    let Some(session) = socket.extensions.get::<Arc<Session>>() else {
-        return;
-    };
-    for job in session.close() {
-        app.hub.end(job, socket.id, None);
-    }
-    info!(ns = socket.ns(), sid = %socket.id, user = %session.principal.sub, ?reason, "Disconnected.");
-}
-
 /// Refuses a request: tells the client with an `error` event and returns
 /// the ack's answer.
-pub(crate) fn refuse(client: &Client, event: &str, message: &str) -> Ack {
+pub(crate) fn refuse(client: &Socket, event: &str, message: &str) -> Ack {
     info!(sid = %client.id(), event, reason = message, "Refused a request.");
     let _ = client.emit(
         "error",

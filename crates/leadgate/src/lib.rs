@@ -5,7 +5,6 @@
 //! how an event travels from a worker to a browser.
 
 pub mod auth;
-mod client;
 pub mod config;
 pub mod dev;
 mod engine;
@@ -32,8 +31,6 @@ use axum::http::{HeaderValue, Method, header};
 use leadgate_bus::{Channels, Publisher};
 use leadgate_protocol::{JobEvent, JobUpdate};
 use leadgate_store::{Store, StoreError};
-use socketioxide::SocketIo;
-use socketioxide::handler::ConnectHandler;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -57,9 +54,7 @@ pub struct App(Arc<AppInner>);
 pub struct AppInner {
     store: Store,
     metrics: Arc<Metrics>,
-    /// Set once the Socket.IO layer is built; read by `/metrics`.
-    io: std::sync::OnceLock<SocketIo>,
-    /// The own engine's WebSocket connections (see [`engine`]).
+    /// The Socket.IO connections (see [`engine`]).
     engine: engine::Engine,
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
@@ -154,19 +149,6 @@ impl App {
         for namespace in ["/", "/leads"] {
             for transport in ["websocket", "polling"] {
                 counts.insert((namespace, transport), 0);
-            }
-            let sockets = self
-                .io
-                .get()
-                .and_then(|io| io.of(namespace))
-                .map(|ns| ns.sockets())
-                .unwrap_or_default();
-            for socket in sockets {
-                let transport = match socket.transport_type() {
-                    socketioxide::TransportType::Websocket => "websocket",
-                    socketioxide::TransportType::Polling => "polling",
-                };
-                *counts.entry((namespace, transport)).or_default() += 1;
             }
         }
         counts.insert(
@@ -329,7 +311,6 @@ pub async fn run(
     let app = App(Arc::new(AppInner {
         store: store.clone(),
         metrics,
-        io: std::sync::OnceLock::new(),
         engine: engine::Engine::new(config.socket_buffer, config.max_payload),
         hub,
         fanout,
@@ -359,37 +340,14 @@ pub async fn run(
         connections: TaskTracker::new(),
     }));
 
-    let (layer, io) = SocketIo::builder()
-        .with_state(app.clone())
-        .max_payload(config.max_payload as u64)
-        .ws_max_message_size(config.max_payload)
-        .ws_max_frame_size(config.max_payload)
-        .max_buffer_size(config.socket_buffer)
-        // Clients send small frames (events, pings); a larger one grows the
-        // buffer when it comes. The default of 4 KiB, kept for every idle
-        // connection, was an eighth of its memory.
-        .ws_read_buffer_size(WS_READ_BUFFER)
-        .build_layer();
-    let _ = app.io.set(io.clone());
-    background.push(tokio::spawn(run_expiry(app.clone(), tasks.clone())));
-    io.ns("/", jobs::on_connect.with(jobs::authenticate));
-    io.ns(
-        "/leads",
-        leads::sio::on_connect.with(leads::sio::authenticate),
+    // The engine takes every request to `/socket.io/`.
+    let mut router = http::router(app.clone(), config.max_http_body).layer(
+        axum::middleware::from_fn_with_state(app.clone(), engine::route),
     );
-
-    // In front of socketioxide, the own engine takes the WebSockets opened
-    // straight away; socketioxide serves the rest.
-    let mut router = http::router(app.clone(), config.max_http_body)
-        .layer(layer)
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            engine::route,
-        ))
-        .layer(axum::middleware::map_request(compact_request));
     if !config.allowed_origins.is_empty() {
         router = router.layer(cors(&config.allowed_origins));
     }
+    background.push(tokio::spawn(run_expiry(app.clone(), tasks.clone())));
 
     // Shutdown, in order: report not ready (load balancers stop sending
     // new clients), stop accepting, then close every client's transport.
@@ -405,16 +363,11 @@ pub async fn run(
         }
     };
     let closer = {
-        let (stopping, io, app) = (stopping.clone(), io.clone(), app.clone());
+        let (stopping, app) = (stopping.clone(), app.clone());
         tokio::spawn(async move {
             stopping.cancelled().await;
-            let own = app.engine.close_all();
-            info!(
-                sockets = io.sockets().len(),
-                websockets = own,
-                "Shutting down: closing client connections."
-            );
-            io.close().await;
+            let connections = app.engine.close_all();
+            info!(connections, "Shutting down: closing client connections.");
         })
     };
     let server = axum::serve(
@@ -464,28 +417,12 @@ async fn run_expiry(app: App, cancel: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let now = chrono::Utc::now().timestamp();
-        let mut sockets: Vec<(&str, client::Client, session::TokenExpiry)> = Vec::new();
-        if let Some(io) = app.io.get() {
-            for namespace in ["/", "/leads"] {
-                for socket in io.of(namespace).map(|ns| ns.sockets()).unwrap_or_default() {
-                    if let Some(expiry) = socket.extensions.get::<session::TokenExpiry>() {
-                        sockets.push((namespace, client::Client::Sio(socket), expiry));
-                    }
-                }
-            }
-        }
-        for (socket, expiry) in app.engine.sockets() {
-            sockets.push((
-                socket.namespace().path(),
-                client::Client::Own(socket),
-                expiry,
-            ));
-        }
         let reason = auth::AuthError::Expired.to_string();
-        for (namespace, socket, expiry) in sockets {
+        for (socket, expiry) in app.engine.sockets() {
             if expiry.get().saturating_add(leeway) >= now {
                 continue;
             }
+            let namespace = socket.namespace().path();
             info!(ns = namespace, sid = %socket.id(), "Token expired; disconnecting.");
             let _ = if namespace == "/" {
                 socket.emit(
@@ -548,75 +485,5 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
-    }
-}
-
-/// Bytes of a WebSocket connection's read buffer until a larger frame comes.
-const WS_READ_BUFFER: usize = 512;
-
-/// Copies the request's URI and headers out of the connection's read buffer.
-///
-/// hyper parses them as slices of that buffer (8 KiB or more), and Engine.IO
-/// keeps every session's request for the session's life, so each connection
-/// kept its whole handshake buffer: about 16 KiB of an idle connection's
-/// 33 KiB. The copies take a few hundred bytes.
-async fn compact_request(request: axum::extract::Request) -> axum::extract::Request {
-    let (mut parts, body) = request.into_parts();
-    let mut headers = axum::http::HeaderMap::with_capacity(parts.headers.len());
-    for (name, value) in &parts.headers {
-        let (Ok(name), Ok(mut copy)) = (
-            axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
-            HeaderValue::from_bytes(value.as_bytes()),
-        ) else {
-            // Cannot happen for what was parsed from these bytes; keeping
-            // the original is correct anyway.
-            headers.append(name.clone(), value.clone());
-            continue;
-        };
-        copy.set_sensitive(value.is_sensitive());
-        headers.append(name, copy);
-    }
-    parts.headers = headers;
-    if let Ok(uri) = parts.uri.to_string().parse() {
-        parts.uri = uri;
-    }
-    axum::extract::Request::from_parts(parts, body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request() -> axum::extract::Request {
-        let mut request = axum::http::Request::builder()
-            .uri("/socket.io/?EIO=4&transport=websocket&token=abc")
-            .header(header::ORIGIN, "http://app.example")
-            .header("x-forwarded-for", "10.0.0.1")
-            .header("x-forwarded-for", "10.0.0.2")
-            .header("x-custom", "kept")
-            .body(axum::body::Body::empty())
-            .expect("a valid request");
-        let mut bearer = HeaderValue::from_static("Bearer secret");
-        bearer.set_sensitive(true);
-        request.headers_mut().insert(header::AUTHORIZATION, bearer);
-        request.extensions_mut().insert(7u32);
-        request
-    }
-
-    #[tokio::test]
-    async fn compacting_a_request_keeps_what_it_says() {
-        let original = request();
-        let compacted = compact_request(request()).await;
-        assert_eq!(compacted.uri(), original.uri());
-        assert_eq!(compacted.method(), original.method());
-        assert_eq!(compacted.headers(), original.headers());
-        let forwarded: Vec<_> = compacted
-            .headers()
-            .get_all("x-forwarded-for")
-            .iter()
-            .collect();
-        assert_eq!(forwarded, ["10.0.0.1", "10.0.0.2"]);
-        assert!(compacted.headers()[header::AUTHORIZATION].is_sensitive());
-        assert_eq!(compacted.extensions().get::<u32>(), Some(&7));
     }
 }

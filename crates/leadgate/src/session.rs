@@ -1,20 +1,11 @@
-//! Per-connection state of namespace `/`, and the turnstile that makes one
-//! socket's requests run in the order they were sent.
-//!
-//! socketioxide runs every incoming event in its own task, so without help a
-//! quick `subscribe-job` / `unsubscribe-job` pair could take effect in the
-//! wrong order. Extractors, however, run synchronously in arrival order: the
-//! [`Turn`] extractor draws a ticket there, and each handler waits for its
-//! ticket before it acts.
+//! Per-connection state of namespace `/`: the user, the subscriptions,
+//! the request rate, and when the token runs out. (A connection's requests
+//! run one at a time, in the order they came: see [`crate::engine`].)
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use socketioxide::adapter::Adapter;
-use socketioxide::handler::FromMessageParts;
-use socketioxide::socket::Socket;
-use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::UserSlot;
@@ -78,104 +69,15 @@ impl Session {
         self.jobs().drain().collect()
     }
 
-    /// Whether the disconnect handler ran. (Not the socket's own
-    /// `connected()`, which is still false for a moment after the client was
-    /// told it is connected.)
+    /// Whether the socket ended: a request still running when it did must
+    /// not leave a subscription behind.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
 }
 
-/// Hands out turns to one socket's requests, in the order they are drawn.
-pub struct Turnstile {
-    next_ticket: AtomicU64,
-    serving: watch::Sender<u64>,
-}
-
-impl Turnstile {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Turnstile {
-            next_ticket: AtomicU64::new(0),
-            serving: watch::Sender::new(0),
-        })
-    }
-
-    /// Draws the next turn.
-    pub fn ticket(self: &Arc<Self>) -> Turn {
-        Turn {
-            turnstile: self.clone(),
-            ticket: self.next_ticket.fetch_add(1, Ordering::SeqCst),
-            reached: false,
-        }
-    }
-}
-
-/// A place in the socket's queue of requests; see the module docs.
-pub struct Turn {
-    turnstile: Arc<Turnstile>,
-    ticket: u64,
-    reached: bool,
-}
-
-/// The socket has no turnstile: its connect middleware did not run. Handlers
-/// are registered only after it succeeded, so this does not happen.
-#[derive(Debug, thiserror::Error)]
-#[error("socket has no turnstile")]
-pub struct NoTurnstile;
-
-impl<A: Adapter> FromMessageParts<A> for Turn {
-    type Error = NoTurnstile;
-
-    fn from_message_parts(
-        s: &Arc<Socket<A>>,
-        _: &mut socketioxide::handler::Value,
-        _: &Option<i64>,
-    ) -> Result<Self, Self::Error> {
-        let turnstile = s.extensions.get::<Arc<Turnstile>>().ok_or(NoTurnstile)?;
-        Ok(turnstile.ticket())
-    }
-}
-
-impl Turn {
-    /// Waits until every earlier request of this socket has finished.
-    pub async fn wait(&mut self) {
-        let ticket = self.ticket;
-        let mut serving = self.turnstile.serving.subscribe();
-        // The sender lives in the turnstile we hold, so this cannot fail.
-        let _ = serving.wait_for(|now| *now == ticket).await;
-        self.reached = true;
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        if self.reached {
-            self.turnstile.serving.send_modify(|now| *now += 1);
-        } else {
-            // Dropped before its turn (the handler was cancelled): pass the
-            // turn on when it comes, so later requests are not stuck.
-            let turnstile = self.turnstile.clone();
-            let ticket = self.ticket;
-            tokio::spawn(async move {
-                let mut serving = turnstile.serving.subscribe();
-                let _ = serving.wait_for(|now| *now == ticket).await;
-                turnstile.serving.send_modify(|now| *now += 1);
-            });
-        }
-    }
-}
-
-impl std::fmt::Debug for Turn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Turn")
-            .field("ticket", &self.ticket)
-            .finish()
-    }
-}
-
-/// When a connection's token runs out, in its socket's extensions; the
-/// gateway disconnects sockets past it (`run_expiry`), and a refreshed token
-/// moves it.
+/// When a connection's token runs out; the gateway disconnects sockets
+/// past it (`run_expiry`), and a refreshed token moves it.
 #[derive(Clone)]
 pub struct TokenExpiry(Arc<AtomicI64>);
 

@@ -14,6 +14,7 @@
 
 pub mod packet;
 mod routes;
+mod sid;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -28,8 +29,6 @@ use axum::http::{HeaderMap, HeaderName, header};
 use futures_util::{Sink, Stream};
 use serde::Serialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
-use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tracing::{debug, error, info, warn};
@@ -37,13 +36,13 @@ use tracing::{debug, error, info, warn};
 use self::packet::{Kind, Namespace};
 use crate::App;
 use crate::auth::{AuthError, handshake_token};
-use crate::client::Client;
 use crate::session::{Session, TokenExpiry};
 
 pub use self::routes::route;
+pub use self::sid::Sid;
 
 /// How often the server pings, and how long it waits for the pong: the
-/// values socket.io and socketioxide use.
+/// values socket.io uses.
 const PING_INTERVAL: Duration = Duration::from_secs(25);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing connection may take to flush what it was sent.
@@ -298,6 +297,11 @@ impl Socket {
         Ok(())
     }
 
+    /// Sends an event encoded once for many clients.
+    pub fn emit_encoded(&self, event: &EncodedEvent) -> Result<(), SendError> {
+        self.send(event.packet.clone())
+    }
+
     /// Sends `event` with `data` as its one argument.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<(), SendError> {
         let packet = packet::event(self.namespace, event, data)
@@ -330,13 +334,11 @@ impl Socket {
     }
 }
 
-/// An event of namespace `/` with one argument, encoded once for every
-/// client it goes to: as JSON for socketioxide's sockets, as a whole packet
-/// (made when first needed) for the own engine's.
+/// An event of namespace `/` with one argument, encoded once as a whole
+/// packet for every client it goes to.
 pub struct EncodedEvent {
     name: &'static str,
-    data: Box<RawValue>,
-    packet: std::cell::OnceCell<Utf8Bytes>,
+    packet: Utf8Bytes,
 }
 
 impl EncodedEvent {
@@ -345,25 +347,15 @@ impl EncodedEvent {
         name: &'static str,
         data: &T,
     ) -> Result<Self, serde_json::Error> {
+        let data = serde_json::value::to_raw_value(data)?;
         Ok(EncodedEvent {
             name,
-            data: serde_json::value::to_raw_value(data)?,
-            packet: std::cell::OnceCell::new(),
+            packet: packet::event_raw(Namespace::Jobs, name, &data).into(),
         })
     }
 
     pub fn name(&self) -> &'static str {
         self.name
-    }
-
-    pub fn data(&self) -> &RawValue {
-        &self.data
-    }
-
-    pub fn packet(&self) -> Utf8Bytes {
-        self.packet
-            .get_or_init(|| packet::event_raw(Namespace::Jobs, self.name, &self.data).into())
-            .clone()
     }
 }
 
@@ -1090,16 +1082,14 @@ impl Driver {
             }
             Namespace::Leads => {
                 let client = crate::leads::LeadsSession::new(app, principal, slot);
-                app.leads.register_as(
-                    client.id,
-                    crate::leads::Sink::Socket(Client::Own(socket.clone())),
-                );
+                app.leads
+                    .register_as(client.id, crate::leads::Sink::Socket(socket.clone()));
                 // The page comes first, before any request's answer.
                 let (app, first) = (app.clone(), socket.clone());
                 let id = client.id;
                 self.waiting[ns.index()].push_back(Box::pin(async move {
                     let page = app.leads.current_page(id).await;
-                    crate::leads::send(&app, &Client::Own(first), &page);
+                    crate::leads::send(&app, &first, &page);
                 }));
                 self.leads = Some(Leads {
                     socket,
@@ -1126,7 +1116,7 @@ impl Driver {
         let request: RequestFuture = match ns {
             Namespace::Jobs => {
                 let Some(jobs) = &self.jobs else { return };
-                let client = Client::Own(jobs.socket.clone());
+                let client = jobs.socket.clone();
                 // Not queued: a token about to run out is not made to wait
                 // behind slow requests.
                 if event == "refresh-token" {
@@ -1149,7 +1139,7 @@ impl Driver {
             }
             Namespace::Leads => {
                 let Some(leads) = &self.leads else { return };
-                let client = Client::Own(leads.socket.clone());
+                let client = leads.socket.clone();
                 let (session, expiry) = (leads.client.clone(), leads.expiry.clone());
                 Box::pin(async move {
                     let frame = crate::leads::answer(&app, &session, &expiry, &event, arg).await;

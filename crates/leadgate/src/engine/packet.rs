@@ -122,7 +122,7 @@ pub fn parse(text: &str) -> Result<Packet<'_>, ParseError> {
 }
 
 /// An event's name and its first argument, which is what the handlers
-/// take (as socketioxide gives them; an ack callback is not an argument).
+/// take (as socket.io servers give them; an ack callback is not an argument).
 pub fn event_args(data: &str) -> Option<(String, Option<Value>)> {
     let Ok(Value::Array(mut items)) = serde_json::from_str::<Value>(data) else {
         return None;

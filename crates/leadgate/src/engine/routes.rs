@@ -15,11 +15,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use socketioxide::socket::Sid;
 use tokio::sync::oneshot;
 use tracing::{debug, info};
 
-use super::{Closing, Conn, Driver, Handshake, KEPT_HEADERS, Post, READ_BUFFER, Shared, Transport};
+use super::{
+    Closing, Conn, Driver, Handshake, KEPT_HEADERS, Post, READ_BUFFER, Shared, Sid, Transport,
+};
 use crate::App;
 
 /// Middleware in front of the rest of the router: takes the requests to

@@ -1,6 +1,6 @@
 //! Leads for browsers (seed 000): the same conversation on Socket.IO
-//! namespace `/leads` ([`sio`]) and on the plain WebSocket `/ws/leads/`
-//! ([`ws`]).
+//! namespace `/leads` (served by [`crate::engine`] through [`answer`]) and
+//! on the plain WebSocket `/ws/leads/` ([`ws`]).
 //!
 //! Every connected client is registered with the page and filter it looks
 //! at. When leads change (a crawler's `leads_updated`), the pusher groups the
@@ -11,7 +11,6 @@
 //! that started before the change cannot refill it (single flight per
 //! change).
 
-pub mod sio;
 pub mod ws;
 
 use std::collections::{HashMap, HashSet};
@@ -34,7 +33,7 @@ use tracing::{debug, error, warn};
 
 use crate::App;
 use crate::auth::Principal;
-use crate::client::Client as SocketClient;
+use crate::engine::Socket;
 use crate::fanout::Fanout;
 use crate::limits::Bucket;
 use crate::metrics::Metrics;
@@ -84,8 +83,8 @@ impl Frame {
 
 /// Where a client's frames go.
 pub enum Sink {
-    /// A socket of namespace `/leads`, on either Socket.IO engine.
-    Socket(SocketClient),
+    /// A socket of namespace `/leads`.
+    Socket(Socket),
     WebSocket(mpsc::Sender<Frame>),
 }
 
@@ -182,7 +181,7 @@ pub async fn answer(
 }
 
 /// Sends a frame to a `/leads` socket as the event of its `type`.
-pub fn send(app: &App, socket: &SocketClient, frame: &Frame) {
+pub fn send(app: &App, socket: &Socket, frame: &Frame) {
     let result = socket.emit(frame.kind, &*frame.json);
     app.metrics.message(frame.kind, result.is_ok());
     if let Err(e) = result {
