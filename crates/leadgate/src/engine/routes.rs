@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
@@ -149,7 +149,14 @@ impl Handshake {
         let mut headers = HeaderMap::with_capacity(kept);
         for name in KEPT_HEADERS {
             for value in parts.headers.get_all(&name) {
-                headers.append(name.clone(), value.clone());
+                // Copied: hyper parses a header value as a slice of the
+                // connection's read buffer, and a clone would keep that
+                // whole buffer (8 KiB or more) for the connection's life.
+                let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) else {
+                    continue;
+                };
+                copy.set_sensitive(value.is_sensitive());
+                headers.append(name.clone(), copy);
             }
         }
         Box::new(Handshake {
@@ -306,4 +313,48 @@ async fn upgrade(app: &App, conn: Arc<Conn>, mut parts: Parts) -> Result<Respons
             std::future::ready(())
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_keeps_copies_of_what_it_reads() {
+        let request = axum::http::Request::builder()
+            .uri("/socket.io/?EIO=4&transport=polling&token=abc")
+            .header(header::ORIGIN, "http://app.example")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-forwarded-for", "10.0.0.2")
+            .header("x-custom", "not kept")
+            .body(())
+            .expect("a valid request");
+        let (mut parts, ()) = request.into_parts();
+        let mut bearer = HeaderValue::from_static("Bearer secret");
+        bearer.set_sensitive(true);
+        parts.headers.insert(header::AUTHORIZATION, bearer);
+
+        let handshake = Handshake::read(&parts);
+        assert_eq!(
+            handshake.query.as_deref(),
+            Some("EIO=4&transport=polling&token=abc")
+        );
+        assert_eq!(
+            handshake.headers.len(),
+            4,
+            "origin, authorization, two forwarded"
+        );
+        assert!(handshake.headers.get("x-custom").is_none());
+        assert!(handshake.headers[header::AUTHORIZATION].is_sensitive());
+        for (name, value) in &handshake.headers {
+            let original = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .find(|v| v.as_bytes() == value.as_bytes())
+                .expect("the same value");
+            // Not a view of the request's buffer, which it would keep alive.
+            assert_ne!(original.as_bytes().as_ptr(), value.as_bytes().as_ptr());
+        }
+    }
 }
