@@ -437,7 +437,36 @@ async fn long_polling_refuses_what_it_cannot_serve(backend: Backend) {
     gw.shutdown().await;
 }
 
+async fn a_long_polling_post_is_read_as_its_requests_run(backend: Backend) {
+    // Room for every answer, and no request refused for its rate.
+    let db = leadgate_tests::TestDb::new(backend).await;
+    let gw = Gateway::start_on(db, &["--event-rate", "10000", "--socket-buffer", "1024"]).await;
+    let (mut polling, _) = Polling::open(&gw).await;
+    let auth = json!({ "token": gw.token("erin") });
+    polling.post(format!("40{auth}")).await;
+    assert!(polling.next().await.starts_with("40{"));
+
+    // More requests in one POST than a namespace lets wait: the rest of the
+    // POST is read as they run, and it is answered once all were read.
+    let requests: Vec<String> = (100..400)
+        .map(|ack| format!("42{ack}[\"unsubscribe-job\",\"{}\"]", uuid::Uuid::new_v4()))
+        .collect();
+    let posted = polling.post(requests.join("\x1e")).await;
+    assert_eq!(posted.text().await.unwrap(), "ok");
+    let mut acks = Vec::new();
+    while acks.len() < requests.len() {
+        let packet = polling.next().await;
+        let ack = packet.strip_prefix("43").expect("only acks");
+        let digits = ack.bytes().take_while(u8::is_ascii_digit).count();
+        assert_eq!(after(&ack[digits..], ""), json!([{ "ok": true }]));
+        acks.push(ack[..digits].parse::<u32>().unwrap());
+    }
+    assert_eq!(acks, (100..400).collect::<Vec<_>>(), "every one, in order");
+    gw.shutdown().await;
+}
+
 on_every_backend!(
+    a_long_polling_post_is_read_as_its_requests_run,
     one_connection_carries_both_namespaces,
     what_stock_clients_never_send_is_handled,
     long_polling_serves_and_upgrades,

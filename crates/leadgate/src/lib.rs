@@ -69,9 +69,11 @@ pub struct AppInner {
     user_connections: Arc<limits::PerUser>,
     /// Set on shutdown: `/readyz` answers 503 from then on.
     draining: AtomicBool,
-    /// Cancelled on shutdown; plain WebSocket connections close on it.
+    /// Cancelled on shutdown; `/ws/leads/` connections close on it, and a
+    /// Socket.IO connection opened after shutdown began closes at once.
     stopping: CancellationToken,
-    /// The plain WebSocket connections, which shutdown waits for.
+    /// The tasks of every client connection (Socket.IO, on either
+    /// transport, and `/ws/leads/`), which shutdown waits for.
     connections: TaskTracker,
 }
 
@@ -203,8 +205,8 @@ impl App {
     }
 }
 
-/// One open connection of a user; dropped with the connection (kept in the
-/// socket's extensions, or by the WebSocket task).
+/// One open connection of a user; dropped with the connection (kept by the
+/// socket's session, or by the `/ws/leads/` task).
 pub(crate) struct UserSlot {
     users: Arc<limits::PerUser>,
     user: String,
@@ -377,9 +379,10 @@ pub async fn run(
     .with_graceful_shutdown(signal)
     .into_future();
     let grace = config.shutdown_grace();
-    // WebSocket connections are upgraded out of the HTTP server's sight, so
-    // the server can finish before they are closed: wait for the closer and
-    // the plain WebSocket connections too.
+    // Client connections run in tasks of their own, out of the HTTP
+    // server's sight (WebSockets are upgraded, long-polling sessions outlive
+    // their requests), so the server can finish before they are closed:
+    // wait for the closer and the connections too.
     let drained = async {
         let result = server.await;
         let _ = closer.await;

@@ -16,7 +16,7 @@ use crate::limits::{Bucket, Rate};
 pub struct Session {
     pub principal: Principal,
     jobs: Mutex<HashSet<Uuid>>,
-    /// Set by the disconnect handler before it ends the subscriptions.
+    /// Set when the socket ends, before its subscriptions are ended.
     closed: AtomicBool,
     requests: Mutex<Bucket>,
     /// The user's connection slot, given back with the session.

@@ -69,7 +69,7 @@ const KEPT_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-forwarded-for"),
 ];
 
-/// Every connection of the own engine on this instance.
+/// Every Socket.IO connection on this instance.
 pub struct Engine {
     conns: Mutex<HashMap<Sid, Arc<Conn>>>,
     /// Packets queued per connection before more are refused.
@@ -263,7 +263,7 @@ impl Conn {
     }
 }
 
-/// A client's connection to one namespace, on the own engine.
+/// A client's connection to one namespace.
 #[derive(Clone)]
 pub struct Socket {
     conn: Arc<Conn>,
@@ -446,6 +446,9 @@ struct Driver {
     /// Binary messages still to come for the last binary packet; they are
     /// not used (no event takes binary data) and are skipped.
     attachments: usize,
+    /// Long-polling: the rest of a POST that did not fit in the request
+    /// queues, read before the next.
+    post: Option<Box<Post>>,
     /// Packets handed to the WebSocket but not yet flushed.
     unflushed: bool,
     next_ping: Instant,
@@ -500,6 +503,7 @@ impl Driver {
             running: [None, None],
             waiting: [VecDeque::new(), VecDeque::new()],
             attachments: 0,
+            post: None,
             unflushed: false,
             next_ping: now + PING_INTERVAL,
             pong_due: None,
@@ -546,7 +550,7 @@ impl Driver {
             }
             if let Some(post) = post {
                 busy = true;
-                if let Err(end) = self.on_post(*post) {
+                if let Err(end) = self.on_post(post) {
                     return Poll::Ready(end);
                 }
             }
@@ -595,14 +599,16 @@ impl Driver {
     }
 
     /// Under one lock: leaves the task's waker for whoever queues next,
-    /// cleans up the namespaces the server disconnected, and takes a
-    /// client's POST (when `reading`) and a WebSocket opened to upgrade.
+    /// cleans up the namespaces the server disconnected, notes that the
+    /// connection is closing, and takes a WebSocket opened to upgrade and,
+    /// when `reading`, the client's POST (the one partly read first).
     fn sync(
         &mut self,
         cx: &Context<'_>,
         reading: bool,
     ) -> (Option<Box<Post>>, Option<Box<WebSocket>>) {
-        let (ended, post, upgrade) = {
+        let mut post = if reading { self.post.take() } else { None };
+        let (ended, closing, upgrade) = {
             let mut shared = self.conn.shared();
             if !shared
                 .waker
@@ -611,9 +617,17 @@ impl Driver {
             {
                 shared.waker = Some(cx.waker().clone());
             }
-            let post = if reading { shared.post.take() } else { None };
-            (take_ended(&mut shared), post, shared.upgrade.take())
+            if reading && post.is_none() {
+                post = shared.post.take();
+            }
+            let closing = shared.closing.is_some();
+            (take_ended(&mut shared), closing, shared.upgrade.take())
         };
+        // A closing connection gets a moment to flush, however stuck its
+        // client is.
+        if closing && self.close_by.is_none() {
+            self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
+        }
         self.reap_ended(ended);
         (post, upgrade)
     }
@@ -674,12 +688,7 @@ impl Driver {
                 let mut shared = self.conn.shared();
                 (shared.queue.pop_front(), shared.closing)
             };
-            // A closing connection gets a moment to flush, however stuck
-            // its client is.
             closing_seen |= closing.is_some();
-            if closing.is_some() && self.close_by.is_none() {
-                self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
-            }
             let message = match (packet, closing) {
                 (Some(packet), _) => Message::Text(packet),
                 (None, Some(closing)) if !self.close_sent && !self.unflushed => {
@@ -719,9 +728,6 @@ impl Driver {
     fn answer_poll(&mut self, upgrading: bool) -> Result<bool, End> {
         let mut shared = self.conn.shared();
         let closing = shared.closing;
-        if closing.is_some() && self.close_by.is_none() {
-            self.close_by = Some(Instant::now() + CLOSE_TIMEOUT);
-        }
         // A GET the client gave up on is not answered: what is queued
         // waits for the next.
         if shared.poll.as_ref().is_some_and(|poll| poll.is_closed()) {
@@ -759,9 +765,25 @@ impl Driver {
     /// Reads what a client POSTed: packets separated by the record
     /// separator, binary ones (attachments, skipped) written as `b` and
     /// base64.
-    fn on_post(&mut self, post: Post) -> Result<(), End> {
+    ///
+    /// Read as far as the namespaces' request queues take: the rest is kept
+    /// for later, and the POST is answered once all of it was read, so a
+    /// long-polling client is slowed down as a WebSocket one is.
+    fn on_post(&mut self, mut post: Box<Post>) -> Result<(), End> {
+        if post.payload.is_empty() {
+            self.malformed("Engine.IO");
+        }
+        let mut read = 0;
         let mut result = Ok(());
-        for text in post.payload.split(packet::SEPARATOR) {
+        while read < post.payload.len() {
+            if self.waiting.iter().any(|w| w.len() >= WAITING_REQUESTS) {
+                post.payload.drain(..read);
+                self.post = Some(post);
+                return Ok(());
+            }
+            let rest = &post.payload[read..];
+            let text = rest.split(packet::SEPARATOR).next().unwrap_or(rest);
+            read += text.len() + packet::SEPARATOR.len_utf8();
             result = match text.strip_prefix('b') {
                 Some(_) => {
                     self.on_binary();

@@ -114,11 +114,11 @@ async fn serve(
         if parts.method != Method::GET {
             return Err(Refusal::BadHandshakeMethod);
         }
-        return Ok(if websocket {
+        return if websocket {
             open_websocket(app, parts).await
         } else {
-            open_polling(app, &parts).await
-        });
+            Ok(open_polling(app, &parts).await)
+        };
     };
     let conn = sid
         .parse::<Sid>()
@@ -127,9 +127,6 @@ async fn serve(
         .ok_or(Refusal::UnknownSession)?;
     if websocket {
         return upgrade(&app, conn, parts).await;
-    }
-    if !conn.shared().polling {
-        return Err(Refusal::BadRequest);
     }
     match parts.method {
         Method::GET => poll(conn).await,
@@ -174,20 +171,30 @@ fn configure(upgrade: WebSocketUpgrade, max_payload: usize) -> WebSocketUpgrade 
         .max_frame_size(max_payload)
 }
 
+/// The WebSocket a request asks for; engine.io's "Bad request" when it is
+/// not a WebSocket handshake.
+async fn websocket_upgrade(parts: &mut Parts) -> Result<WebSocketUpgrade, Refusal> {
+    WebSocketUpgrade::from_request_parts(parts, &())
+        .await
+        .map_err(|rejection| {
+            debug!(%rejection, "Not a WebSocket handshake.");
+            Refusal::BadRequest
+        })
+}
+
 /// A connection opened as a WebSocket straight away.
-async fn open_websocket(app: App, mut parts: Parts) -> Response {
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return rejection.into_response(),
-    };
+async fn open_websocket(app: App, mut parts: Parts) -> Result<Response, Refusal> {
+    let upgrade = websocket_upgrade(&mut parts).await?;
     let handshake = Handshake::read(&parts);
-    configure(upgrade, app.engine.max_payload).on_upgrade(move |ws| {
-        // A task of its own: the upgrade's task, which ends here, holds
-        // more than a connection needs for its life.
-        let connections = app.connections.clone();
-        connections.spawn(Driver::new(app, Transport::WebSocket(ws), handshake).run());
-        std::future::ready(())
-    })
+    Ok(
+        configure(upgrade, app.engine.max_payload).on_upgrade(move |ws| {
+            // A task of its own: the upgrade's task, which ends here, holds
+            // more than a connection needs for its life.
+            let connections = app.connections.clone();
+            connections.spawn(Driver::new(app, Transport::WebSocket(ws), handshake).run());
+            std::future::ready(())
+        }),
+    )
 }
 
 /// A connection opened on long-polling: the handshake's GET is answered
@@ -227,6 +234,11 @@ fn wait_with(
     let mut shared = conn.shared();
     if shared.closing == Some(Closing::Closed) {
         return Err(Refusal::UnknownSession);
+    }
+    // Under the lock: a request left on a connection that has just moved
+    // to a WebSocket would never be answered.
+    if !shared.polling {
+        return Err(Refusal::BadRequest);
     }
     if let Err(overlap) = leave(&mut shared) {
         drop(shared);
@@ -299,10 +311,7 @@ async fn upgrade(app: &App, conn: Arc<Conn>, mut parts: Parts) -> Result<Respons
             return Err(Refusal::BadRequest);
         }
     }
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
+    let upgrade = websocket_upgrade(&mut parts).await?;
     Ok(
         configure(upgrade, app.engine.max_payload).on_upgrade(move |ws| {
             let mut shared = conn.shared();

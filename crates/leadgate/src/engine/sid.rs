@@ -1,5 +1,5 @@
 //! Session and socket ids: 16 random characters of the URL-safe base64
-//! alphabet (96 bits), as socket.io's own are.
+//! alphabet (96 bits). Clients treat them as opaque strings.
 
 use std::fmt;
 use std::str::FromStr;
