@@ -465,7 +465,70 @@ async fn a_long_polling_post_is_read_as_its_requests_run(backend: Backend) {
     gw.shutdown().await;
 }
 
+async fn the_heartbeat_ends_silent_clients_only(backend: Backend) {
+    let db = leadgate_tests::TestDb::new(backend).await;
+    let gw = Gateway::start_on(db, &["--ping-interval", "1", "--ping-timeout", "1"]).await;
+    let job = gw.create_job("frank").await;
+    let auth = json!({ "token": gw.token("frank") });
+
+    let (mut silent, handshake) = open(&gw).await;
+    assert_eq!(
+        (&handshake["pingInterval"], &handshake["pingTimeout"]),
+        (&json!(1000), &json!(1000))
+    );
+    send(&mut silent, format!("40{auth}")).await;
+    let (mut answering, _) = open(&gw).await;
+    send(&mut answering, format!("40{auth}")).await;
+    assert!(next_text(&mut answering).await.starts_with("40{"));
+    let (polling, _) = Polling::open(&gw).await;
+    polling.post(format!("40{auth}")).await;
+
+    // For 4 s, one WebSocket answers every ping, the other none, and the
+    // long-polling client asks for nothing.
+    let answered = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(4);
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(until, answering.next()).await {
+            if frame == Message::text("2") {
+                answering.send(Message::text("3")).await.unwrap();
+            }
+        }
+        answering
+    });
+    let mut pings = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), silent.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) if text.as_str() == "2" => pings += 1,
+            Ok(Some(Ok(Message::Text(_)))) => {}
+            Ok(Some(Ok(Message::Close(_))) | None | Some(Err(_))) => break true,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(ended, "the silent client's connection ends");
+    assert_eq!(pings, 1, "one ping, unanswered, then the end");
+
+    let mut answering = answered.await.unwrap();
+    send(&mut answering, format!("421[\"subscribe-job\",\"{job}\"]")).await;
+    assert_eq!(
+        after(&next_text(&mut answering).await, "42")[0],
+        "job-status"
+    );
+    assert_eq!(
+        after(&next_text(&mut answering).await, "431"),
+        json!([{ "ok": true }]),
+        "the client that answered is still served"
+    );
+    let gone = polling.http.get(&polling.url).send().await.unwrap();
+    assert_eq!(
+        refusal(gone).await,
+        1,
+        "the long-polling session that asked for nothing is gone"
+    );
+    gw.shutdown().await;
+}
+
 on_every_backend!(
+    the_heartbeat_ends_silent_clients_only,
     a_long_polling_post_is_read_as_its_requests_run,
     one_connection_carries_both_namespaces,
     what_stock_clients_never_send_is_handled,

@@ -142,6 +142,26 @@ pub struct Config {
     )]
     pub socket_buffer: usize,
 
+    /// Seconds between the server's pings to a Socket.IO client.
+    #[arg(
+        long,
+        env = "LEADGATE_PING_INTERVAL",
+        default_value_t = 25,
+        global = true
+    )]
+    pub ping_interval: u64,
+
+    /// Seconds a Socket.IO client has to answer a ping before its
+    /// connection is closed (`ping timeout`). A long-polling client that
+    /// stops asking for messages is closed after both.
+    #[arg(
+        long,
+        env = "LEADGATE_PING_TIMEOUT",
+        default_value_t = 20,
+        global = true
+    )]
+    pub ping_timeout: u64,
+
     /// Seconds a client may fail to take its messages before it is
     /// disconnected. Until then it misses messages and is sent a fresh
     /// `job-status` as soon as it can take one.
@@ -251,6 +271,11 @@ impl Config {
             return Err(
                 "LEADGATE_CONNECT_RATE, LEADGATE_EVENT_RATE and LEADGATE_MAX_CONNECTIONS_PER_USER must be at least 1"
                     .into(),
+            );
+        }
+        if self.ping_interval == 0 || self.ping_timeout == 0 {
+            return Err(
+                "LEADGATE_PING_INTERVAL and LEADGATE_PING_TIMEOUT must be at least 1 second".into(),
             );
         }
         if self.slow_client_grace == 0 {

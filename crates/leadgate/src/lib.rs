@@ -313,7 +313,14 @@ pub async fn run(
     let app = App(Arc::new(AppInner {
         store: store.clone(),
         metrics,
-        engine: engine::Engine::new(config.socket_buffer, config.max_payload),
+        engine: engine::Engine::new(
+            config.socket_buffer,
+            config.max_payload,
+            engine::Heartbeat {
+                interval: Duration::from_secs(config.ping_interval),
+                timeout: Duration::from_secs(config.ping_timeout),
+            },
+        ),
         hub,
         fanout,
         leads,

@@ -41,10 +41,6 @@ use crate::session::{Session, TokenExpiry};
 pub use self::routes::route;
 pub use self::sid::Sid;
 
-/// How often the server pings, and how long it waits for the pong: the
-/// values socket.io uses.
-const PING_INTERVAL: Duration = Duration::from_secs(25);
-const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a closing connection may take to flush what it was sent.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bytes of a connection's read buffer. Clients send small packets (pongs,
@@ -75,14 +71,23 @@ pub struct Engine {
     /// Packets queued per connection before more are refused.
     queue_limit: usize,
     max_payload: usize,
+    heartbeat: Heartbeat,
+}
+
+/// How often the server pings, and how long it waits for the pong.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 impl Engine {
-    pub fn new(queue_limit: usize, max_payload: usize) -> Self {
+    pub fn new(queue_limit: usize, max_payload: usize, heartbeat: Heartbeat) -> Self {
         Engine {
             conns: Mutex::default(),
             queue_limit,
             max_payload,
+            heartbeat,
         }
     }
 
@@ -482,8 +487,8 @@ impl Driver {
         let open = packet::open(
             conn.id.as_str(),
             polling,
-            PING_INTERVAL,
-            PING_TIMEOUT,
+            app.engine.heartbeat.interval,
+            app.engine.heartbeat.timeout,
             app.engine.max_payload,
         );
         let _ = conn.push(open, false);
@@ -493,6 +498,7 @@ impl Driver {
             conn.close(Closing::Shutdown);
         }
         let now = Instant::now();
+        let heartbeat = app.engine.heartbeat;
         Driver {
             app,
             conn,
@@ -505,7 +511,7 @@ impl Driver {
             attachments: 0,
             post: None,
             unflushed: false,
-            next_ping: now + PING_INTERVAL,
+            next_ping: now + heartbeat.interval,
             pong_due: None,
             connect_by: Some(now + CONNECT_TIMEOUT),
             close_by: None,
@@ -964,8 +970,9 @@ impl Driver {
                     }
                 }
                 let _ = self.conn.push(Utf8Bytes::from_static("2"), false);
-                self.pong_due = Some(now + PING_TIMEOUT);
-                self.next_ping = now + PING_INTERVAL;
+                let heartbeat = self.app.engine.heartbeat;
+                self.pong_due = Some(now + heartbeat.timeout);
+                self.next_ping = now + heartbeat.interval;
             }
             None => {}
         }
