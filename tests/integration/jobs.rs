@@ -291,6 +291,40 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
     use futures_util::StreamExt;
     let first = leads.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("leads_init"));
+    // A long-polling client, its GET waiting when the shutdown begins.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", gw.addr);
+    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
+    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    let polling = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let auth = json!({ "token": gw.token("alice") });
+    http.post(&polling)
+        .body(format!("40{auth}"))
+        .send()
+        .await
+        .unwrap();
+    let connected = http
+        .get(&polling)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(connected.starts_with("40{"), "{connected}");
+    let waiting = tokio::spawn({
+        let (http, polling) = (http.clone(), polling.clone());
+        async move {
+            http.get(polling)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = std::time::Instant::now();
     let db = tokio::time::timeout(Duration::from_secs(12), gw.stop())
@@ -315,6 +349,13 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
         }
         other => panic!("expected a close frame, got {other:?}"),
     }
+    // The long-polling client's waiting GET is answered with the close
+    // packet.
+    let last = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("the waiting GET is answered")
+        .unwrap();
+    assert_eq!(last.rsplit('\x1e').next(), Some("1"), "{last}");
     if let Some(mut db) = db {
         db.drop_now().await;
     }
