@@ -51,13 +51,6 @@ fn after(packet: &str, prefix: &str) -> Value {
     serde_json::from_str(rest).unwrap()
 }
 
-/// The connection gauge of `namespace` on WebSocket.
-async fn connections(gw: &Gateway, namespace: &str) -> f64 {
-    let series =
-        format!("leadgate_connections{{namespace=\"{namespace}\",transport=\"websocket\"}}");
-    super::ops::sample(&super::ops::scrape(gw).await, &series)
-}
-
 async fn one_connection_carries_both_namespaces(backend: Backend) {
     let gw = Gateway::start(backend).await;
     let job = gw.create_job("alice").await;
@@ -78,8 +71,8 @@ async fn one_connection_carries_both_namespaces(backend: Backend) {
         after(&next_text(&mut ws).await, "42/leads,")[0],
         "leads_init"
     );
-    assert_eq!(connections(&gw, "/").await, 1.0);
-    assert_eq!(connections(&gw, "/leads").await, 1.0);
+    assert_eq!(gauge(&gw, "/", "websocket").await, 1.0);
+    assert_eq!(gauge(&gw, "/leads", "websocket").await, 1.0);
 
     // A namespace that does not exist is answered on that namespace; the
     // connection goes on.
@@ -99,11 +92,7 @@ async fn one_connection_carries_both_namespaces(backend: Backend) {
         after(&next_text(&mut ws).await, "437"),
         json!([{ "ok": true }])
     );
-    gw.post_event(
-        job,
-        json!({ "type": "progress", "progress": 10, "processedLeads": 1, "totalLeads": 10 }),
-    )
-    .await;
+    progress(&gw, job, 1).await;
     let update = after(&next_text(&mut ws).await, "42");
     assert_eq!(
         (update[0].clone(), update[1]["seq"].clone()),
@@ -113,34 +102,26 @@ async fn one_connection_carries_both_namespaces(backend: Backend) {
     // Leaving `/leads` leaves `/` as it was.
     send(&mut ws, "41/leads,".into()).await;
     send(&mut ws, "42/leads,[\"get_leads\",{}]".into()).await;
-    gw.post_event(
-        job,
-        json!({ "type": "progress", "progress": 20, "processedLeads": 2, "totalLeads": 10 }),
-    )
-    .await;
+    progress(&gw, job, 2).await;
     let update = after(&next_text(&mut ws).await, "42");
     assert_eq!(update[1]["seq"], json!(2), "nothing for the namespace left");
-    assert_eq!(connections(&gw, "/leads").await, 0.0);
+    assert_eq!(gauge(&gw, "/leads", "websocket").await, 0.0);
 
     // A client's ping counts as a sign of life; it is not echoed (nothing
     // comes before the next update).
     send(&mut ws, "2probe".into()).await;
-    gw.post_event(
-        job,
-        json!({ "type": "progress", "progress": 30, "processedLeads": 3, "totalLeads": 10 }),
-    )
-    .await;
+    progress(&gw, job, 3).await;
     assert_eq!(after(&next_text(&mut ws).await, "42")[1]["seq"], json!(3));
 
     ws.close(None).await.unwrap();
     for _ in 0..50 {
-        if connections(&gw, "/").await == 0.0 {
+        if gauge(&gw, "/", "websocket").await == 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        connections(&gw, "/").await,
+        gauge(&gw, "/", "websocket").await,
         0.0,
         "a closed connection is forgotten"
     );
@@ -205,7 +186,7 @@ async fn what_stock_clients_never_send_is_handled(backend: Backend) {
 
 /// A long-polling connection, as socket.io-client drives one: GETs take
 /// what the server queued, POSTs carry the client's packets.
-struct Polling {
+pub(super) struct Polling {
     http: reqwest::Client,
     url: String,
     sid: String,
@@ -214,7 +195,7 @@ struct Polling {
 }
 
 impl Polling {
-    async fn open(gw: &Gateway) -> (Polling, Value) {
+    pub(super) async fn open(gw: &Gateway) -> (Polling, Value) {
         let http = reqwest::Client::new();
         let base = format!("http://{}/socket.io/?EIO=4&transport=polling", gw.addr);
         let body = http.get(&base).send().await.unwrap().text().await.unwrap();
@@ -235,7 +216,7 @@ impl Polling {
     }
 
     /// The packets of the next GET; panics after 5 s.
-    async fn get(&self) -> Vec<String> {
+    pub(super) async fn get(&self) -> Vec<String> {
         let response =
             tokio::time::timeout(Duration::from_secs(5), self.http.get(&self.url).send())
                 .await
@@ -246,7 +227,7 @@ impl Polling {
         body.split('\x1e').map(str::to_owned).collect()
     }
 
-    async fn post(&self, payload: impl Into<String>) -> reqwest::Response {
+    pub(super) async fn post(&self, payload: impl Into<String>) -> reqwest::Response {
         self.http
             .post(&self.url)
             .body(payload.into())
@@ -256,7 +237,7 @@ impl Polling {
     }
 
     /// The next packet, GETting when none is left over; answers pings.
-    async fn next(&mut self) -> String {
+    pub(super) async fn next(&mut self) -> String {
         loop {
             if self.backlog.is_empty() {
                 self.backlog.extend(self.get().await);
@@ -270,6 +251,12 @@ impl Polling {
             }
         }
     }
+}
+
+/// Posts progress `step` of 10 for `job`: its update has seq `step`.
+async fn progress(gw: &Gateway, job: uuid::Uuid, step: u32) {
+    let event = json!({ "type": "progress", "progress": step * 10, "processedLeads": step, "totalLeads": 10 });
+    gw.post_event(job, event).await;
 }
 
 /// The connection gauge of `namespace` on `transport`.
@@ -306,11 +293,7 @@ async fn long_polling_serves_and_upgrades(backend: Backend) {
     assert_eq!(after(&polling.next().await, "42")[0], "job-status");
     assert_eq!(after(&polling.next().await, "431"), json!([{ "ok": true }]));
     assert_eq!(gauge(&gw, "/", "polling").await, 1.0);
-    gw.post_event(
-        job,
-        json!({ "type": "progress", "progress": 10, "processedLeads": 1, "totalLeads": 10 }),
-    )
-    .await;
+    progress(&gw, job, 1).await;
     assert_eq!(after(&polling.next().await, "42")[1]["seq"], json!(1));
 
     // The upgrade: probe the WebSocket while a GET waits; the GET is let go
@@ -329,11 +312,7 @@ async fn long_polling_serves_and_upgrades(backend: Backend) {
     assert_eq!(next_text(&mut ws).await, "3probe");
     assert_eq!(waiting.await.unwrap(), "6");
     send(&mut ws, "5".into()).await;
-    gw.post_event(
-        job,
-        json!({ "type": "progress", "progress": 20, "processedLeads": 2, "totalLeads": 10 }),
-    )
-    .await;
+    progress(&gw, job, 2).await;
     assert_eq!(after(&next_text(&mut ws).await, "42")[1]["seq"], json!(2));
     assert_eq!(gauge(&gw, "/", "websocket").await, 1.0);
     assert_eq!(gauge(&gw, "/", "polling").await, 0.0);

@@ -292,38 +292,11 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
     let first = leads.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("leads_init"));
     // A long-polling client, its GET waiting when the shutdown begins.
-    let http = reqwest::Client::new();
-    let base = format!("http://{}/socket.io/?EIO=4&transport=polling", gw.addr);
-    let open = http.get(&base).send().await.unwrap().text().await.unwrap();
-    let handshake: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
-    let polling = format!("{base}&sid={}", handshake["sid"].as_str().unwrap());
+    let (mut polling, _) = super::engine::Polling::open(&gw).await;
     let auth = json!({ "token": gw.token("alice") });
-    http.post(&polling)
-        .body(format!("40{auth}"))
-        .send()
-        .await
-        .unwrap();
-    let connected = http
-        .get(&polling)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(connected.starts_with("40{"), "{connected}");
-    let waiting = tokio::spawn({
-        let (http, polling) = (http.clone(), polling.clone());
-        async move {
-            http.get(polling)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        }
-    });
+    polling.post(format!("40{auth}")).await;
+    assert!(polling.next().await.starts_with("40{"));
+    let waiting = tokio::spawn(async move { polling.get().await });
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let started = std::time::Instant::now();
@@ -355,7 +328,7 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
         .await
         .expect("the waiting GET is answered")
         .unwrap();
-    assert_eq!(last.rsplit('\x1e').next(), Some("1"), "{last}");
+    assert_eq!(last.last().map(String::as_str), Some("1"), "{last:?}");
     if let Some(mut db) = db {
         db.drop_now().await;
     }

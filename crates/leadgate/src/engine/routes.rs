@@ -149,6 +149,7 @@ impl Handshake {
                 // Copied: hyper parses a header value as a slice of the
                 // connection's read buffer, and a clone would keep that
                 // whole buffer (8 KiB or more) for the connection's life.
+                // The bytes of a parsed header value are always valid.
                 let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) else {
                     continue;
                 };
