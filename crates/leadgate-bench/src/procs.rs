@@ -54,9 +54,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a gateway on `port` and waits until it completes an Engine.IO
-    /// handshake.
-    pub async fn start(kind: Kind, port: u16, env: &Environment) -> anyhow::Result<Server> {
+    /// Starts a gateway on `port` (leadgate with `threads` worker threads)
+    /// and waits until it completes an Engine.IO handshake.
+    pub async fn start(
+        kind: Kind,
+        port: u16,
+        threads: usize,
+        env: &Environment,
+    ) -> anyhow::Result<Server> {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
         let log_path = env.log_dir.join(format!("{}-{port}.log", kind.name()));
         let log = std::fs::File::create(&log_path)
@@ -70,6 +75,7 @@ impl Server {
                     .env("LEADGATE_REDIS_URL", &env.redis_url)
                     .env("LEADGATE_REDIS_PREFIX", &env.redis_prefix)
                     .env("LEADGATE_JWT_SECRET", &env.jwt_secret)
+                    .env("LEADGATE_WORKER_THREADS", threads.to_string())
                     // Every client of a run comes from a few loopback
                     // addresses, which the per-address limit is not for; the
                     // peer has no such limit.

@@ -368,9 +368,15 @@ impl Bench {
         Ok(plans)
     }
 
-    async fn start(&mut self, kind: Kind) -> anyhow::Result<Server> {
+    /// Starts one of `instances` gateways that share this machine. Each
+    /// leadgate instance gets its share of the cores as threads, as an
+    /// operator would configure them; a peer instance is one Node.js
+    /// process, one thread, whatever it is given.
+    async fn start(&mut self, kind: Kind, instances: usize) -> anyhow::Result<Server> {
         let port = self.port();
-        Server::start(kind, port, &self.env).await
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (cores / instances).max(1);
+        Server::start(kind, port, threads, &self.env).await
     }
 
     /// Connects, subscribes and disconnects a few clients, so that what a
@@ -403,7 +409,7 @@ impl Bench {
         upgrade: bool,
         faults: &mut Faults,
     ) -> anyhow::Result<IdleResult> {
-        let server = self.start(kind).await?;
+        let server = self.start(kind, 1).await?;
         self.warm_up(&server).await?;
         let before = server.usage()?;
         let mut plans = self.plans(n, &[server.addr], true, 1)?;
@@ -436,7 +442,7 @@ impl Bench {
         kind: Kind,
         faults: &mut Faults,
     ) -> anyhow::Result<ConnectResult> {
-        let server = self.start(kind).await?;
+        let server = self.start(kind, 1).await?;
         self.warm_up(&server).await?;
         let plans = self.plans(self.settings.connect_count, &[server.addr], false, 2)?;
         let mut fleet = Fleet::spawn(plans).await?;
@@ -464,7 +470,7 @@ impl Bench {
         kind: Kind,
         faults: &mut Faults,
     ) -> anyhow::Result<(FanoutResult, LatencyResult)> {
-        let servers = [self.start(kind).await?, self.start(kind).await?];
+        let servers = [self.start(kind, 2).await?, self.start(kind, 2).await?];
         for server in &servers {
             self.warm_up(server).await?;
         }

@@ -125,8 +125,7 @@ fn parse_ttl(s: &str) -> Result<i64, String> {
     Ok(n * scale)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli: Cli = match leadgate::config::parse_with_file(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -144,14 +143,23 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_tracing(cli.config.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config).await,
-        Command::Migrate => migrate(cli.config).await,
-        Command::CheckConfig => check_config(&cli.config),
-        Command::Token { sub, admin, ttl } => token(&cli.config, &sub, admin, ttl),
-        Command::Job { action } => job(&cli.config, action).await,
-        Command::Leads { action } => leads(&cli.config, action).await,
+    let runtime = match runtime(cli.config.worker_threads) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("leadgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(cli.config).await,
+            Command::Migrate => migrate(cli.config).await,
+            Command::CheckConfig => check_config(&cli.config),
+            Command::Token { sub, admin, ttl } => token(&cli.config, &sub, admin, ttl),
+            Command::Job { action } => job(&cli.config, action).await,
+            Command::Leads { action } => leads(&cli.config, action).await,
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -159,6 +167,15 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime: `threads` worker threads, or one per CPU core for 0.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()
 }
 
 fn init_tracing(format: LogFormat) {
