@@ -48,6 +48,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     idle_sizes: Vec<usize>,
 
+    /// Worker threads of each leadgate instance, instead of its share of
+    /// the cores (the cores divided by the instances running at once).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    leadgate_threads: Option<u16>,
+
     /// The leadgate binary; by default the one beside this program.
     #[arg(long)]
     leadgate_bin: Option<PathBuf>,
@@ -145,6 +150,7 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
     if !cli.idle_sizes.is_empty() {
         settings.idle_sizes = cli.idle_sizes.clone();
     }
+    settings.leadgate_threads = cli.leadgate_threads.map(usize::from);
     let leadgate_bin = match cli.leadgate_bin {
         Some(path) => path,
         None => std::env::current_exe()?

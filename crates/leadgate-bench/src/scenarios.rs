@@ -26,6 +26,9 @@ pub struct Settings {
     pub latency_rate: u64,
     /// Connections one client process holds at most.
     pub per_process: usize,
+    /// Worker threads of each leadgate instance; `None` gives each its
+    /// share of the cores.
+    pub leadgate_threads: Option<usize>,
 }
 
 impl Settings {
@@ -39,6 +42,7 @@ impl Settings {
             settle: Duration::from_secs(3),
             latency_rate: 20_000,
             per_process: 7_000,
+            leadgate_threads: None,
         }
     }
 
@@ -54,6 +58,7 @@ impl Settings {
             settle: Duration::from_millis(500),
             latency_rate: 2_000,
             per_process: 250,
+            leadgate_threads: None,
         }
     }
 }
@@ -368,14 +373,17 @@ impl Bench {
         Ok(plans)
     }
 
-    /// Starts one of `instances` gateways that share this machine. Each
-    /// leadgate instance gets its share of the cores as threads, as an
-    /// operator would configure them; a peer instance is one Node.js
-    /// process, one thread, whatever it is given.
+    /// Starts one of `instances` gateways that share this machine. Unless
+    /// the settings say otherwise, each leadgate instance gets its share of
+    /// the cores as threads, as an operator would configure them; a peer
+    /// instance is one Node.js process, one thread, whatever it is given.
     async fn start(&mut self, kind: Kind, instances: usize) -> anyhow::Result<Server> {
         let port = self.port();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = (cores / instances).max(1);
+        let threads = self
+            .settings
+            .leadgate_threads
+            .unwrap_or((cores / instances).max(1));
         Server::start(kind, port, threads, &self.env).await
     }
 

@@ -664,8 +664,10 @@ impl Driver {
         }
     }
 
-    /// Sends what is queued to the client; `Ok(true)` if anything was
-    /// written.
+    /// Sends what is queued to the client; `Ok(true)` if another pass may
+    /// find more to send. A packet queued later wakes the task, and so does
+    /// a socket that takes more after being full, so that is only so when
+    /// a flush just made room the same pass cannot use any more.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
         match &self.transport {
             Transport::WebSocket(_) => self.write_websocket(cx),
@@ -681,14 +683,17 @@ impl Driver {
         let Transport::WebSocket(ws) = &mut self.transport else {
             return Ok(false);
         };
-        let mut wrote = false;
+        let mut full = false;
         let mut closing_seen = false;
         loop {
             match Pin::new(&mut *ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Err(End::Transport),
                 // The socket wakes the task when it takes more.
-                Poll::Pending => break,
+                Poll::Pending => {
+                    full = true;
+                    break;
+                }
             }
             let (packet, closing) = {
                 let mut shared = self.conn.shared();
@@ -707,8 +712,8 @@ impl Driver {
                 return Err(End::Transport);
             }
             self.unflushed = true;
-            wrote = true;
         }
+        let mut again = false;
         if self.unflushed {
             match Pin::new(&mut *ws).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
@@ -717,14 +722,15 @@ impl Driver {
                         let closing = self.conn.shared().closing;
                         return Err(End::Server(closing.unwrap_or(Closing::Ended)));
                     }
-                    // Flushed: the close frame may follow at once.
-                    wrote |= closing_seen;
+                    // Flushed: what did not fit, or the close frame, may
+                    // follow at once.
+                    again = full || closing_seen;
                 }
                 Poll::Ready(Err(_)) => return Err(End::Transport),
                 Poll::Pending => {}
             }
         }
-        Ok(wrote)
+        Ok(again)
     }
 
     /// Long-polling: answers the client's waiting GET with everything
