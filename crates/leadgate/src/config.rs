@@ -487,6 +487,20 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_default_to_one_per_core() {
+        assert_eq!(parse("", &[]).unwrap().worker_threads, 0);
+        let config = parse("worker_threads = 3\n", &[]).unwrap();
+        assert_eq!(config.worker_threads, 3);
+        let config = parse("worker_threads = 3\n", &["--worker-threads", "1"]).unwrap();
+        assert_eq!(config.worker_threads, 1);
+        assert!(
+            parse("worker_threads = -1\n", &[])
+                .unwrap_err()
+                .contains("--worker-threads")
+        );
+    }
+
+    #[test]
     fn values_starting_with_a_dash_and_empty_lists() {
         let config = parse(
             "api_keys = [\"-starts-with-a-dash\"]\nallowed_origins = []\n",
