@@ -4,6 +4,7 @@
 //! needs and starts it; BENCHMARKS.md has the figures.
 
 mod clients;
+mod probe;
 mod procs;
 mod report;
 mod scenarios;

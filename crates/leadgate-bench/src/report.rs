@@ -199,6 +199,16 @@ impl Run {
                 ("p90", |l| l.p90_ms, Target::None),
                 ("p99", |l| l.p99_ms, Target::ValueAtMost(10.0)),
                 ("max", |l| l.max_ms, Target::None),
+                (
+                    "the machine's wake-up delay, p99",
+                    |l| l.wakeup_delay_p99_ms,
+                    Target::None,
+                ),
+                (
+                    "the machine's wake-up delay, max",
+                    |l| l.wakeup_delay_max_ms,
+                    Target::None,
+                ),
             ] {
                 rows.push((
                     format!("latency at {rate}/s: {name} ms"),

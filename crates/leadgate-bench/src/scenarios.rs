@@ -11,6 +11,7 @@ use redis::AsyncCommands;
 use serde::Serialize;
 
 use crate::clients::{ClientSpec, Command, Plan, Report, Stats, new_histogram, now_micros};
+use crate::probe::WakeupProbe;
 use crate::procs::{ClientProc, Environment, Kind, Server, Usage, clock_ticks_per_second};
 
 /// Sizes and durations of a run.
@@ -127,6 +128,10 @@ pub struct LatencyResult {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// How much later than asked a thread that sleeps 1 ms woke, over the
+    /// same seconds: the machine's own share of any delay (see `probe`).
+    pub wakeup_delay_p99_ms: f64,
+    pub wakeup_delay_max_ms: f64,
 }
 
 /// What went wrong in a run without stopping it.
@@ -543,7 +548,9 @@ impl Bench {
         let started = Instant::now();
         let delivered_before = fleet.delivered();
         let expected_before = publisher.expected;
+        let probe = WakeupProbe::start().context("starting the wake-up probe")?;
         let published = publisher.fixed_rate(rate, self.settings.measure).await?;
+        let wakeups = probe.finish();
         let missing = publisher.drain(&fleet).await;
         let seconds = started.elapsed().as_secs_f64();
         let delivered = fleet.delivered() - delivered_before;
@@ -562,6 +569,8 @@ impl Bench {
             p90_ms: ms(0.90),
             p99_ms: ms(0.99),
             max_ms: latency.max() as f64 / 1000.0,
+            wakeup_delay_p99_ms: wakeups.value_at_quantile(0.99) as f64 / 1000.0,
+            wakeup_delay_max_ms: wakeups.max() as f64 / 1000.0,
         };
         fleet.quit().await;
         for server in servers {
