@@ -609,6 +609,9 @@ fn usage_sum(servers: &[Server]) -> anyhow::Result<Usage> {
     Ok(sum)
 }
 
+/// How long the publisher waits for Redis to answer a pipeline.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Publishes job events the way a worker does: `PUBLISH <prefix>job:<id>`
 /// with a `job-update` payload carrying the next `seq` of its job. Each log
 /// line carries its publish time, which the clients subtract from their
@@ -629,8 +632,13 @@ struct Publisher {
 impl Publisher {
     async fn connect(env: &Environment, jobs: &Jobs, clients: usize) -> anyhow::Result<Publisher> {
         let client = redis::Client::open(env.redis_url.as_str())?;
+        // The client's default gives up on an answer after 500 ms; on a
+        // machine busy with a benchmark, Redis can take that long, and a
+        // stall belongs in the figures rather than ending the run.
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(PUBLISH_TIMEOUT));
         let redis = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .context("connecting the publisher to Redis")?;
         if !clients.is_multiple_of(jobs.len()) {
