@@ -44,6 +44,10 @@ impl WakeupProbe {
     /// Stops the probe; returns its delays in microseconds.
     pub fn finish(self) -> Histogram<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap_or_else(|_| new_histogram())
+        // The thread only sleeps and records; should it panic, say so
+        // rather than report a delay of zero.
+        self.thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }

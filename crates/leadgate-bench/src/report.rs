@@ -78,6 +78,9 @@ enum Target {
     /// leadgate's own figure at most this.
     ValueAtMost(f64),
     None,
+    /// A figure of the machine during that gateway's run, not of the
+    /// gateway: no ratio.
+    Machine,
 }
 
 impl Run {
@@ -202,12 +205,12 @@ impl Run {
                 (
                     "the machine's wake-up delay, p99",
                     |l| l.wakeup_delay_p99_ms,
-                    Target::None,
+                    Target::Machine,
                 ),
                 (
                     "the machine's wake-up delay, max",
                     |l| l.wakeup_delay_max_ms,
-                    Target::None,
+                    Target::Machine,
                 ),
             ] {
                 rows.push((
@@ -231,8 +234,9 @@ impl Run {
             "", "leadgate", "node", "ratio"
         );
         for (name, lg, node, target) in rows {
-            let ratio = match (lg, node) {
-                (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+            let ratio = match (lg, node, &target) {
+                (_, _, Target::Machine) => None,
+                (Some(a), Some(b), _) if b != 0.0 => Some(a / b),
                 _ => None,
             };
             let verdict = match target {
@@ -243,7 +247,7 @@ impl Run {
                     format!("≥ {min}× {}", mark(ratio.map(|r| r >= min)))
                 }
                 Target::ValueAtMost(max) => format!("≤ {max} {}", mark(lg.map(|v| v <= max))),
-                Target::None => String::new(),
+                Target::None | Target::Machine => String::new(),
             };
             let _ = writeln!(
                 out,
