@@ -549,8 +549,11 @@ impl Bench {
         let delivered_before = fleet.delivered();
         let expected_before = publisher.expected;
         let probe = WakeupProbe::start().context("starting the wake-up probe")?;
-        let published = publisher.fixed_rate(rate, self.settings.measure).await?;
+        let published = publisher.fixed_rate(rate, self.settings.measure).await;
+        // Stopped before any error returns, so the probe's thread never
+        // outlives the scenario.
         let wakeups = probe.finish();
+        let published = published?;
         let missing = publisher.drain(&fleet).await;
         let seconds = started.elapsed().as_secs_f64();
         let delivered = fleet.delivered() - delivered_before;
@@ -558,18 +561,20 @@ impl Bench {
         faults.add_stats(&stats);
         // What the fan-out left undelivered is counted already.
         faults.undelivered += missing.saturating_sub(missing_after_fanout);
-        let ms = |quantile: f64| latency.value_at_quantile(quantile) as f64 / 1000.0;
+        let ms = |micros: &Histogram<u64>, quantile: f64| {
+            micros.value_at_quantile(quantile) as f64 / 1000.0
+        };
         let latency = LatencyResult {
             target_per_second: rate,
             published,
             expected: publisher.expected - expected_before,
             delivered_per_second: delivered as f64 / seconds,
             delivered,
-            p50_ms: ms(0.50),
-            p90_ms: ms(0.90),
-            p99_ms: ms(0.99),
+            p50_ms: ms(&latency, 0.50),
+            p90_ms: ms(&latency, 0.90),
+            p99_ms: ms(&latency, 0.99),
             max_ms: latency.max() as f64 / 1000.0,
-            wakeup_delay_p99_ms: wakeups.value_at_quantile(0.99) as f64 / 1000.0,
+            wakeup_delay_p99_ms: ms(&wakeups, 0.99),
             wakeup_delay_max_ms: wakeups.max() as f64 / 1000.0,
         };
         fleet.quit().await;
