@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
+use axum::serve::ListenerExt;
 use leadgate_bus::{Channels, Publisher};
 use leadgate_protocol::{JobEvent, JobUpdate};
 use leadgate_store::{Store, StoreError};
@@ -35,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 pub use crate::config::Config;
@@ -379,6 +380,14 @@ pub async fn run(
             info!(connections, "Shutting down: closing client connections.");
         })
     };
+    // Each connection writes what is queued for it in one send; Nagle's
+    // algorithm would only hold the next send back for the client's ACK
+    // (a round trip, or the client's delayed-ACK timer).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "Could not set TCP_NODELAY.");
+        }
+    });
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
