@@ -49,6 +49,11 @@ struct Cli {
     #[arg(long, value_delimiter = ',')]
     idle_sizes: Vec<usize>,
 
+    /// Deliveries in flight per client at which fan-out is measured,
+    /// instead of the defaults (4 and 16).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    fanout_in_flight: Vec<u64>,
+
     /// Worker threads of each leadgate instance, instead of its share of
     /// the cores (the cores divided by the instances running at once).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -151,6 +156,9 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
     if !cli.idle_sizes.is_empty() {
         settings.idle_sizes = cli.idle_sizes.clone();
     }
+    if !cli.fanout_in_flight.is_empty() {
+        settings.fanout_in_flight = cli.fanout_in_flight.clone();
+    }
     settings.leadgate_threads = cli.leadgate_threads.map(usize::from);
     let leadgate_bin = match cli.leadgate_bin {
         Some(path) => path,
@@ -243,7 +251,7 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
             eprintln!("fan-out and latency: {}", kind.name());
             let results = run.results_mut(kind);
             let (fanout, latency) = bench.fanout_and_latency(kind, &mut results.faults).await?;
-            results.fanout = Some(fanout);
+            results.fanout = fanout;
             results.latency = Some(latency);
         }
     }

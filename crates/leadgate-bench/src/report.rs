@@ -7,7 +7,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::procs::Kind;
-use crate::scenarios::{IdleResult, Results, Settings};
+use crate::scenarios::{FanoutResult, IdleResult, Results, Settings};
 
 #[derive(Debug, Serialize)]
 pub struct Run {
@@ -137,50 +137,56 @@ impl Run {
                 Target::None,
             ));
         }
-        if lg.fanout.is_some() || node.fanout.is_some() {
-            let f = |r: &Results, get: fn(&crate::scenarios::FanoutResult) -> f64| {
-                r.fanout.as_ref().map(get)
+        for &per_client in &self.settings.fanout_in_flight {
+            let find = |r: &Results| {
+                r.fanout
+                    .iter()
+                    .find(|f| f.in_flight_per_client == per_client)
+                    .cloned()
             };
-            rows.push((
-                "fan-out: deliveries/s".into(),
-                f(lg, |f| f.delivered_per_second),
-                f(node, |f| f.delivered_per_second),
+            let (lg_f, node_f) = (find(lg), find(node));
+            if lg_f.is_none() && node_f.is_none() {
+                continue;
+            }
+            let name = format!("fan-out, {per_client} in flight per client");
+            let mut row = |label: String, get: fn(&FanoutResult) -> f64, target| {
+                rows.push((
+                    label,
+                    lg_f.as_ref().map(get),
+                    node_f.as_ref().map(get),
+                    target,
+                ));
+            };
+            row(
+                format!("{name}: deliveries/s"),
+                |f| f.delivered_per_second,
                 Target::RatioAtLeast(5.0),
-            ));
-            rows.push((
-                "fan-out: server CPU µs per delivery".into(),
-                f(lg, |f| f.server_cpu_us_per_delivery),
-                f(node, |f| f.server_cpu_us_per_delivery),
+            );
+            row(
+                format!("{name}: server CPU µs per delivery"),
+                |f| f.server_cpu_us_per_delivery,
                 Target::RatioAtMost(0.2),
-            ));
-            rows.push((
+            );
+            row(
                 "  of which in the kernel".into(),
-                f(lg, |f| f.server_system_us_per_delivery),
-                f(node, |f| f.server_system_us_per_delivery),
+                |f| f.server_system_us_per_delivery,
                 Target::None,
-            ));
-            rows.push((
+            );
+            row(
                 "  of which in user space".into(),
-                f(lg, |f| {
-                    f.server_cpu_us_per_delivery - f.server_system_us_per_delivery
-                }),
-                f(node, |f| {
-                    f.server_cpu_us_per_delivery - f.server_system_us_per_delivery
-                }),
+                |f| f.server_cpu_us_per_delivery - f.server_system_us_per_delivery,
                 Target::None,
-            ));
-            rows.push((
-                "fan-out: server cores busy".into(),
-                f(lg, |f| f.server_cores),
-                f(node, |f| f.server_cores),
+            );
+            row(
+                format!("{name}: server cores busy"),
+                |f| f.server_cores,
                 Target::None,
-            ));
-            rows.push((
-                "fan-out: load generator cores busy".into(),
-                f(lg, |f| f.generator_cores),
-                f(node, |f| f.generator_cores),
+            );
+            row(
+                format!("{name}: load generator cores busy"),
+                |f| f.generator_cores,
                 Target::None,
-            ));
+            );
         }
         if lg.latency.is_some() || node.latency.is_some() {
             let l = |r: &Results, get: fn(&crate::scenarios::LatencyResult) -> f64| {

@@ -20,6 +20,9 @@ pub struct Settings {
     pub idle_sizes: Vec<usize>,
     pub connect_count: usize,
     pub fanout_clients: usize,
+    /// Fan-out is measured once for each: deliveries the publisher keeps in
+    /// flight per client.
+    pub fanout_in_flight: Vec<u64>,
     pub jobs: usize,
     pub measure: Duration,
     pub settle: Duration,
@@ -38,6 +41,7 @@ impl Settings {
             idle_sizes: vec![1_000, 10_000, 19_000],
             connect_count: 10_000,
             fanout_clients: 10_000,
+            fanout_in_flight: vec![4, 16],
             jobs: 1_000,
             measure: Duration::from_secs(10),
             settle: Duration::from_secs(3),
@@ -54,6 +58,7 @@ impl Settings {
             idle_sizes: vec![300],
             connect_count: 300,
             fanout_clients: 400,
+            fanout_in_flight: vec![4, 16],
             jobs: 40,
             measure: Duration::from_secs(2),
             settle: Duration::from_millis(500),
@@ -101,6 +106,9 @@ pub struct ConnectResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutResult {
     pub clients: usize,
+    /// Deliveries the publisher kept in flight per client: published, not
+    /// yet received.
+    pub in_flight_per_client: u64,
     pub jobs: usize,
     pub seconds: f64,
     pub published: u64,
@@ -183,7 +191,8 @@ pub struct Results {
     /// The idle scenario with clients that upgrade from long-polling.
     pub idle_upgrade: Vec<IdleResult>,
     pub connect: Option<ConnectResult>,
-    pub fanout: Option<FanoutResult>,
+    /// One for each of [`Settings::fanout_in_flight`].
+    pub fanout: Vec<FanoutResult>,
     pub latency: Option<LatencyResult>,
     pub faults: Faults,
 }
@@ -482,7 +491,7 @@ impl Bench {
         &mut self,
         kind: Kind,
         faults: &mut Faults,
-    ) -> anyhow::Result<(FanoutResult, LatencyResult)> {
+    ) -> anyhow::Result<(Vec<FanoutResult>, LatencyResult)> {
         let servers = [self.start(kind, 2).await?, self.start(kind, 2).await?];
         for server in &servers {
             self.warm_up(server).await?;
@@ -503,45 +512,58 @@ impl Bench {
         }
         let mut publisher = Publisher::connect(&self.env, &self.jobs, clients).await?;
 
-        // As fast as they absorb: keep a bounded number of deliveries in
-        // flight, a few per client, so no queue anywhere overflows.
-        let window = 4 * clients as u64;
-        publisher
-            .closed_loop(&fleet, window, self.settings.measure / 4)
-            .await?;
-        let server_before = usage_sum(&servers)?;
-        let generator_before = fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks;
-        let delivered_before = fleet.delivered();
-        let published_before = publisher.published;
-        let started = Instant::now();
-        publisher
-            .closed_loop(&fleet, window, self.settings.measure)
-            .await?;
-        let seconds = started.elapsed().as_secs_f64();
-        let delivered = fleet.delivered() - delivered_before;
-        let server_after = usage_sum(&servers)?;
-        let server_ticks = server_after.cpu_ticks - server_before.cpu_ticks;
-        let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
-        let generator_ticks =
-            fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
-        let missing_after_fanout = publisher.drain(&fleet).await;
-        faults.undelivered += missing_after_fanout;
+        // As fast as they absorb: the publisher keeps a bounded number of
+        // deliveries in flight, so no queue anywhere overflows. How many is
+        // part of the load: a gateway that writes a client's queued packets
+        // with one send does less per delivery the more are queued, one
+        // that sends each on its own does not. Measured at each setting, on
+        // the same clients.
+        let mut fanouts = Vec::new();
+        // Deliveries missing so far, counted in the faults (each drain
+        // reports all that are missing since the start).
+        let mut missing_counted = 0;
+        for &per_client in &self.settings.fanout_in_flight {
+            let window = per_client * clients as u64;
+            publisher
+                .closed_loop(&fleet, window, self.settings.measure / 4)
+                .await?;
+            let server_before = usage_sum(&servers)?;
+            let generator_before = fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks;
+            let delivered_before = fleet.delivered();
+            let published_before = publisher.published;
+            let started = Instant::now();
+            publisher
+                .closed_loop(&fleet, window, self.settings.measure)
+                .await?;
+            let seconds = started.elapsed().as_secs_f64();
+            let delivered = fleet.delivered() - delivered_before;
+            let server_after = usage_sum(&servers)?;
+            let server_ticks = server_after.cpu_ticks - server_before.cpu_ticks;
+            let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
+            let generator_ticks =
+                fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
+            let missing = publisher.drain(&fleet).await;
+            faults.undelivered += missing.saturating_sub(missing_counted);
+            missing_counted = missing_counted.max(missing);
+            let ticks = self.ticks_per_second as f64;
+            fanouts.push(FanoutResult {
+                clients,
+                in_flight_per_client: per_client,
+                jobs: self.jobs.len(),
+                seconds,
+                published: publisher.published - published_before,
+                delivered,
+                delivered_per_second: delivered as f64 / seconds,
+                server_cpu_us_per_delivery: server_ticks as f64 / ticks * 1e6
+                    / delivered.max(1) as f64,
+                server_system_us_per_delivery: server_system_ticks as f64 / ticks * 1e6
+                    / delivered.max(1) as f64,
+                server_cores: server_ticks as f64 / ticks / seconds,
+                generator_cores: generator_ticks as f64 / ticks / seconds,
+            });
+        }
         let (stats, _) = fleet.stats().await?;
         faults.add_stats(&stats);
-        let ticks = self.ticks_per_second as f64;
-        let fanout = FanoutResult {
-            clients,
-            jobs: self.jobs.len(),
-            seconds,
-            published: publisher.published - published_before,
-            delivered,
-            delivered_per_second: delivered as f64 / seconds,
-            server_cpu_us_per_delivery: server_ticks as f64 / ticks * 1e6 / delivered.max(1) as f64,
-            server_system_us_per_delivery: server_system_ticks as f64 / ticks * 1e6
-                / delivered.max(1) as f64,
-            server_cores: server_ticks as f64 / ticks / seconds,
-            generator_cores: generator_ticks as f64 / ticks / seconds,
-        };
 
         fleet.reset().await?;
         let rate = self.settings.latency_rate;
@@ -560,7 +582,7 @@ impl Bench {
         let (stats, latency) = fleet.stats().await?;
         faults.add_stats(&stats);
         // What the fan-out left undelivered is counted already.
-        faults.undelivered += missing.saturating_sub(missing_after_fanout);
+        faults.undelivered += missing.saturating_sub(missing_counted);
         let ms = |micros: &Histogram<u64>, quantile: f64| {
             micros.value_at_quantile(quantile) as f64 / 1000.0
         };
@@ -581,7 +603,7 @@ impl Bench {
         for server in servers {
             server.stop().await;
         }
-        Ok((fanout, latency))
+        Ok((fanouts, latency))
     }
 }
 
