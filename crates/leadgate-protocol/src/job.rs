@@ -239,10 +239,39 @@ pub struct WorkerEvent {
 
 impl WorkerEvent {
     /// Parses and validates one event from JSON text.
+    ///
+    /// Every event a gateway delivers passes through here, so a valid one is
+    /// read straight into its types. Whatever that refuses is read again as
+    /// a JSON value by [`WorkerEvent::from_value`], which decides: it names
+    /// what is wrong, checks in its order, and gives a repeated key the last
+    /// value as before.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, EventError> {
+        if let Some(event) = Self::read_valid(bytes) {
+            return Ok(event);
+        }
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
         Self::from_value(value)
+    }
+
+    /// The event, if `bytes` hold a valid one that can be read in one pass
+    /// (no repeated keys, no escapes in `jobId`); `None` for everything else,
+    /// valid or not.
+    fn read_valid(bytes: &[u8]) -> Option<Self> {
+        let typed: TypedWorkerEvent<'_> = serde_json::from_slice(bytes).ok()?;
+        let job_id = match typed.job_id {
+            None => None,
+            Some(id) => Some(parse_job_id_str(id).ok()?),
+        };
+        if typed.seq.is_some_and(|seq| seq <= 0) {
+            return None;
+        }
+        typed.event.validate().ok()?;
+        Some(WorkerEvent {
+            job_id,
+            seq: typed.seq,
+            event: typed.event,
+        })
     }
 
     /// Parses and validates one event from a JSON value.
@@ -263,6 +292,27 @@ impl WorkerEvent {
         event.validate()?;
         Ok(WorkerEvent { job_id, seq, event })
     }
+}
+
+/// A worker event as [`WorkerEvent::read_valid`] reads it. `jobId` and
+/// `seq` may be missing but not `null`: a key that is there must hold a
+/// string, or an integer.
+#[derive(Deserialize)]
+struct TypedWorkerEvent<'a> {
+    #[serde(rename = "jobId", default, borrow, deserialize_with = "present")]
+    job_id: Option<&'a str>,
+    #[serde(default, deserialize_with = "present")]
+    seq: Option<i64>,
+    #[serde(flatten)]
+    event: JobEvent,
+}
+
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Why a worker event was refused. The text is meant for the worker's author.
@@ -336,8 +386,16 @@ impl Ack {
 /// hyphenated form (any case).
 pub fn parse_job_id(value: &Value) -> Result<Uuid, EventError> {
     match value {
-        Value::String(s) if s.len() == 36 => Uuid::try_parse(s).map_err(|_| EventError::BadJobId),
+        Value::String(s) => parse_job_id_str(s),
         _ => Err(EventError::BadJobId),
+    }
+}
+
+fn parse_job_id_str(s: &str) -> Result<Uuid, EventError> {
+    if s.len() == 36 {
+        Uuid::try_parse(s).map_err(|_| EventError::BadJobId)
+    } else {
+        Err(EventError::BadJobId)
     }
 }
 
@@ -453,6 +511,76 @@ mod tests {
         }
         let err = WorkerEvent::from_slice(b"{\"type\":").unwrap_err();
         assert!(matches!(err, EventError::NotJson(_)), "{err:?}");
+    }
+
+    /// `from_slice` as it was before valid events were read in one pass.
+    fn by_value(bytes: &[u8]) -> Result<WorkerEvent, EventError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
+        WorkerEvent::from_value(value)
+    }
+
+    #[test]
+    fn valid_events_are_read_in_one_pass() {
+        let id = "6f1c1f46-3f0b-4c36-9f0e-3f1d8f5f2b10";
+        for text in [
+            format!(
+                r#"{{"jobId":"{id}","seq":7,"type":"progress","progress":5,"processedLeads":1,"totalLeads":20}}"#
+            ),
+            format!(
+                r#"{{"type":"log","jobId":"{id}","seq":1,"log":{{"level":"info","message":"m","timestamp":"2026-11-22T10:00:00.000Z"}}}}"#
+            ),
+            r#"{"log":{"level":"warn","message":"type last"},"type":"log"}"#.to_owned(),
+            r#"{"type":"status","status":"processing"}"#.to_owned(),
+            r#"{"type":"complete","results":{"total_leads":3,"b":[1,{"c":null}],"a":"x"}}"#
+                .to_owned(),
+            format!(
+                r#"{{"type":"error","error":"boom","jobId":"{}"}}"#,
+                id.to_uppercase()
+            ),
+        ] {
+            let read = WorkerEvent::read_valid(text.as_bytes());
+            assert!(read.is_some(), "{text}");
+            assert_eq!(read, Some(by_value(text.as_bytes()).unwrap()), "{text}");
+        }
+    }
+
+    #[test]
+    fn what_one_pass_refuses_is_decided_as_before() {
+        let id = "6f1c1f46-3f0b-4c36-9f0e-3f1d8f5f2b10";
+        let log = r#""type":"log","log":{"level":"info","message":"m"}"#;
+        for text in [
+            // Valid, but not in one pass: the last of a repeated key counts,
+            // and an escaped jobId is still a UUID.
+            format!(r#"{{"jobId":"nope","jobId":"{id}",{log}}}"#),
+            format!(r#"{{"seq":0,"seq":3,{log}}}"#),
+            format!(r#"{{"jobId":"\u0036{}",{log}}}"#, &id[1..]),
+            // Refused, with the reason from_value gives.
+            format!(r#"{{"jobId":null,{log}}}"#),
+            format!(r#"{{"jobId":"{id}","jobId":null,{log}}}"#),
+            format!(r#"{{"jobId":"{}",{log}}}"#, id.replace('-', "")),
+            format!(r#"{{"seq":null,{log}}}"#),
+            format!(r#"{{"seq":0,{log}}}"#),
+            format!(r#"{{"seq":-1,{log}}}"#),
+            format!(r#"{{"seq":1.0,{log}}}"#),
+            format!(r#"{{"seq":9223372036854775808,{log}}}"#),
+            r#"{"jobId":7,"seq":0,"type":"nope"}"#.to_owned(),
+            r#"{"seq":0,"type":"nope"}"#.to_owned(),
+            format!(r#"{{{log},"type":"status"}}"#),
+            format!(r#"{{{log},"extra":1}}"#),
+            r#"{"type":"progress","progress":101,"processedLeads":1,"totalLeads":1}"#.to_owned(),
+            r#"{"type":"complete","status":"failed","results":{}}"#.to_owned(),
+            r#"{"type":"log"} trailing"#.to_owned(),
+            r#"["type","log"]"#.to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(WorkerEvent::read_valid(text.as_bytes()), None, "{text}");
+            assert_eq!(
+                WorkerEvent::from_slice(text.as_bytes()),
+                by_value(text.as_bytes()),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! `PROPTEST_CASES=100000 cargo test --release -p leadgate-protocol --test parsers`
 //! runs a longer search than the default 256 cases per property.
 
-use leadgate_protocol::WorkerEvent;
 use leadgate_protocol::leads::{LeadFilter, LeadInput, LeadsQuery, LeadsRequest};
+use leadgate_protocol::{EventError, WorkerEvent};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -71,7 +71,133 @@ fn json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// The text of an object that is often a valid worker event and often just
+/// not: each variant's fields with values in and out of range, `jobId` and
+/// `seq` of any kind or missing, sometimes an extra or a repeated key, in any
+/// order.
+fn event_text() -> impl Strategy<Value = String> {
+    let number = prop_oneof![
+        12 => (0u64..101).prop_map(|n| n.to_string()),
+        1 => (101u64..300).prop_map(|n| n.to_string()),
+        1 => Just("-1".to_owned()),
+        1 => Just("1.0".to_owned()),
+        1 => Just("9223372036854775808".to_owned()),
+        1 => Just("\"3\"".to_owned()),
+    ];
+    let text = prop_oneof![
+        4 => Just("\"done\"".to_owned()),
+        1 => Just("\"\\u00e9t\\\"e\"".to_owned()),
+        1 => Just("null".to_owned()),
+        1 => Just("3".to_owned()),
+    ];
+    let state = prop_oneof![
+        2 => Just("\"processing\"".to_owned()),
+        1 => Just("\"completed\"".to_owned()),
+        1 => Just("\"failed\"".to_owned()),
+        1 => Just("\"exploded\"".to_owned()),
+    ];
+    let fields = prop_oneof![
+        (number.clone(), number.clone(), number.clone()).prop_map(|(p, d, t)| vec![
+            ("type", "\"progress\"".to_owned()),
+            ("progress", p),
+            ("processedLeads", d),
+            ("totalLeads", t),
+        ]),
+        (state.clone(), text.clone()).prop_map(|(s, m)| vec![
+            ("type", "\"status\"".to_owned()),
+            ("status", s),
+            ("message", m),
+        ]),
+        (
+            text.clone(),
+            prop_oneof![
+                Just(String::new()),
+                Just(",\"timestamp\":\"2026-11-22T10:00:00.123Z\"".to_owned()),
+                Just(",\"timestamp\":\"yesterday\"".to_owned()),
+            ]
+        )
+            .prop_map(|(m, t)| vec![
+                ("type", "\"log\"".to_owned()),
+                ("log", format!("{{\"level\":\"info\",\"message\":{m}{t}}}")),
+            ]),
+        (state.clone(), number.clone()).prop_map(|(s, n)| vec![
+            ("type", "\"complete\"".to_owned()),
+            ("status", s),
+            (
+                "results",
+                format!("{{\"total_leads\":{n},\"a\":[1,{{}}],\"a\":2}}")
+            ),
+        ]),
+        (state, text).prop_map(|(s, e)| vec![
+            ("type", "\"error\"".to_owned()),
+            ("status", s),
+            ("error", e),
+        ]),
+    ];
+    let job_id = prop_oneof![
+        2 => Just(None),
+        4 => Just(Some("\"6f1c1f46-3f0b-4c36-9f0e-3f1d8f5f2b10\"".to_owned())),
+        1 => Just(Some("\"6F1C1F46-3F0B-4C36-9F0E-3F1D8F5F2B10\"".to_owned())),
+        1 => Just(Some("\"\\u0036f1c1f46-3f0b-4c36-9f0e-3f1d8f5f2b10\"".to_owned())),
+        1 => Just(Some("\"42\"".to_owned())),
+        1 => Just(Some("null".to_owned())),
+    ];
+    let seq = prop_oneof![1 => Just(None), 3 => number.prop_map(Some)];
+    let extra = prop_oneof![
+        12 => Just(None),
+        1 => Just(Some(("extra", "1".to_owned()))),
+        1 => Just(Some(("type", "\"status\"".to_owned()))),
+        1 => Just(Some(("jobId", "null".to_owned()))),
+        1 => Just(Some(("seq", "5".to_owned()))),
+    ];
+    (
+        fields,
+        job_id,
+        seq,
+        extra,
+        any::<prop::sample::Index>(),
+        any::<u64>(),
+    )
+        .prop_map(|(mut fields, job_id, seq, extra, drop, order)| {
+            fields.extend(job_id.map(|v| ("jobId", v)));
+            fields.extend(seq.map(|v| ("seq", v)));
+            fields.extend(extra);
+            // Now and then a field goes missing.
+            if order % 8 == 0 {
+                fields.remove(drop.index(fields.len()));
+            }
+            let mut order = order;
+            for i in (1..fields.len()).rev() {
+                fields.swap(i, (order % (i as u64 + 1)) as usize);
+                order /= i as u64 + 1;
+            }
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(key, value)| format!("\"{key}\":{value}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+}
+
+/// `WorkerEvent::from_slice` the long way: to a JSON value, then checked.
+fn by_value(bytes: &[u8]) -> Result<WorkerEvent, EventError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| EventError::NotJson(e.to_string()))?;
+    WorkerEvent::from_value(value)
+}
+
 proptest! {
+    #[test]
+    fn worker_events_read_in_one_pass_are_read_as_by_value(text in event_text()) {
+        prop_assert_eq!(WorkerEvent::from_slice(text.as_bytes()), by_value(text.as_bytes()), "{}", text);
+    }
+
+    #[test]
+    fn any_json_is_read_as_by_value(value in json()) {
+        let text = value.to_string();
+        prop_assert_eq!(WorkerEvent::from_slice(text.as_bytes()), by_value(text.as_bytes()));
+    }
+
     #[test]
     fn worker_events_never_panic_and_round_trip(value in json()) {
         if let Ok(parsed) = WorkerEvent::from_value(value) {
@@ -83,7 +209,7 @@ proptest! {
 
     #[test]
     fn worker_event_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = WorkerEvent::from_slice(&bytes);
+        prop_assert_eq!(WorkerEvent::from_slice(&bytes), by_value(&bytes));
     }
 
     #[test]
