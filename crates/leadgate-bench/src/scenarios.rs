@@ -484,6 +484,55 @@ impl Bench {
         })
     }
 
+    /// Publishes with `per_client` deliveries per client in flight: a
+    /// warm-up, then the measurement, then a wait until everything arrived.
+    /// Returns the figures and the deliveries missing since the start.
+    async fn measure_fanout(
+        &self,
+        servers: &[Server],
+        fleet: &Fleet,
+        publisher: &mut Publisher,
+        per_client: u64,
+    ) -> anyhow::Result<(FanoutResult, u64)> {
+        let clients = self.settings.fanout_clients;
+        let window = per_client * clients as u64;
+        publisher
+            .closed_loop(fleet, window, self.settings.measure / 4)
+            .await?;
+        let server_before = usage_sum(servers)?;
+        let generator_before = fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks;
+        let delivered_before = fleet.delivered();
+        let published_before = publisher.published;
+        let started = Instant::now();
+        publisher
+            .closed_loop(fleet, window, self.settings.measure)
+            .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let delivered = fleet.delivered() - delivered_before;
+        let server_after = usage_sum(servers)?;
+        let server_ticks = server_after.cpu_ticks - server_before.cpu_ticks;
+        let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
+        let generator_ticks =
+            fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
+        let missing = publisher.drain(fleet).await;
+        let ticks = self.ticks_per_second as f64;
+        let fanout = FanoutResult {
+            clients,
+            in_flight_per_client: per_client,
+            jobs: self.jobs.len(),
+            seconds,
+            published: publisher.published - published_before,
+            delivered,
+            delivered_per_second: delivered as f64 / seconds,
+            server_cpu_us_per_delivery: server_ticks as f64 / ticks * 1e6 / delivered.max(1) as f64,
+            server_system_us_per_delivery: server_system_ticks as f64 / ticks * 1e6
+                / delivered.max(1) as f64,
+            server_cores: server_ticks as f64 / ticks / seconds,
+            generator_cores: generator_ticks as f64 / ticks / seconds,
+        };
+        Ok((fanout, missing))
+    }
+
     /// Fan-out and latency, on two instances behind Redis with the same
     /// clients: first as fast as the servers absorb events, then at a fixed
     /// rate.
@@ -523,44 +572,12 @@ impl Bench {
         // reports all that are missing since the start).
         let mut missing_counted = 0;
         for &per_client in &self.settings.fanout_in_flight {
-            let window = per_client * clients as u64;
-            publisher
-                .closed_loop(&fleet, window, self.settings.measure / 4)
+            let (fanout, missing) = self
+                .measure_fanout(&servers, &fleet, &mut publisher, per_client)
                 .await?;
-            let server_before = usage_sum(&servers)?;
-            let generator_before = fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks;
-            let delivered_before = fleet.delivered();
-            let published_before = publisher.published;
-            let started = Instant::now();
-            publisher
-                .closed_loop(&fleet, window, self.settings.measure)
-                .await?;
-            let seconds = started.elapsed().as_secs_f64();
-            let delivered = fleet.delivered() - delivered_before;
-            let server_after = usage_sum(&servers)?;
-            let server_ticks = server_after.cpu_ticks - server_before.cpu_ticks;
-            let server_system_ticks = server_after.system_ticks - server_before.system_ticks;
-            let generator_ticks =
-                fleet.cpu_ticks() + Usage::of(std::process::id())?.cpu_ticks - generator_before;
-            let missing = publisher.drain(&fleet).await;
             faults.undelivered += missing.saturating_sub(missing_counted);
             missing_counted = missing_counted.max(missing);
-            let ticks = self.ticks_per_second as f64;
-            fanouts.push(FanoutResult {
-                clients,
-                in_flight_per_client: per_client,
-                jobs: self.jobs.len(),
-                seconds,
-                published: publisher.published - published_before,
-                delivered,
-                delivered_per_second: delivered as f64 / seconds,
-                server_cpu_us_per_delivery: server_ticks as f64 / ticks * 1e6
-                    / delivered.max(1) as f64,
-                server_system_us_per_delivery: server_system_ticks as f64 / ticks * 1e6
-                    / delivered.max(1) as f64,
-                server_cores: server_ticks as f64 / ticks / seconds,
-                generator_cores: generator_ticks as f64 / ticks / seconds,
-            });
+            fanouts.push(fanout);
         }
         let (stats, _) = fleet.stats().await?;
         faults.add_stats(&stats);
