@@ -274,7 +274,7 @@ pub async fn run_sweeper(
 ) {
     // Sockets being evicted, and whether they were told why: the message
     // and the disconnect go out as soon as they fit in the socket's queue.
-    let mut evicting: Vec<(crate::engine::Socket, bool)> = Vec::new();
+    let mut evicting: Vec<(socketioxide::extract::SocketRef, bool)> = Vec::new();
     let why = leadgate_protocol::ClientError {
         message: "disconnected: too slow to keep up with updates".into(),
     };
@@ -284,20 +284,22 @@ pub async fn run_sweeper(
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         for socket in hub.sweep(grace) {
-            if evicting.iter().any(|(s, _)| s.id() == socket.id()) {
+            if evicting.iter().any(|(s, _)| s.id == socket.id) {
                 continue;
             }
-            warn!(sid = %socket.id(), grace_secs = grace.as_secs(), "Disconnecting a client that has not taken its messages.");
+            warn!(sid = %socket.id, grace_secs = grace.as_secs(), "Disconnecting a client that has not taken its messages.");
             metrics.slow_clients.inc();
             evicting.push((socket, false));
         }
-        // A socket that went away meanwhile is forgotten.
+        // A socket that went away meanwhile is forgotten. The others are
+        // told why and disconnected as soon as both fit in their queue; a
+        // client that takes nothing at all is closed by the heartbeat.
         evicting.retain_mut(|(socket, told)| {
             if !socket.connected() {
                 return false;
             }
             *told = *told || socket.emit("error", &why).is_ok();
-            !(*told && socket.disconnect())
+            !(*told && socket.clone().disconnect().is_ok())
         });
     }
 }

@@ -1,6 +1,13 @@
 //! The subscription hub: which sockets of this instance follow which job, and
 //! the one place where `job-status` and `job-update` are sent to them.
 //!
+//! A socket that follows a job and is up to date with it is a member of the
+//! job's socketioxide room (`job:<uuid>`), and an update reaches the room's
+//! members through one broadcast, encoded once. The hub keeps, per job, the
+//! `seq` every member of the room has reached (`room_seq`); a socket joins
+//! the room only when it stands exactly there. Sockets that are not (yet)
+//! there are served one by one, outside the room, until they are.
+//!
 //! Invariant, per socket and job: updates arrive in `seq` order, none with a
 //! `seq` at or below that of the last `job-status` the socket was sent, none
 //! twice, none missing. It holds because:
@@ -8,27 +15,43 @@
 //! - a subscription is registered, *pending*, before its snapshot is read;
 //!   updates that arrive meanwhile are buffered, and when the snapshot is
 //!   sent (under the same lock that deliveries take) only buffered updates
-//!   newer than it follow;
-//! - an active subscription is sent an update only if its `seq` is exactly
-//!   the next one. A later `seq` means updates were lost or overtaken on the
-//!   way (a publish that failed, two publishers racing): the subscription
-//!   goes back to pending and the job is queued for a refresh, which sends a
-//!   fresh `job-status` read from the database (unless the socket already
-//!   has that state), then the buffered updates that follow it without a
-//!   gap. Buffered updates beyond a gap are dropped: the database, read
-//!   after they were published, is the better account of the job, and a
-//!   worker's bogus seq cannot make refreshes loop.
+//!   newer than it follow. The socket then stands at a known seq, outside
+//!   the room, and joins it once the room reaches that seq (at once, when
+//!   the room is empty or already there);
+//! - the room is sent an update only if its `seq` is exactly the next one
+//!   (so is a socket outside it). A later `seq` means updates were lost or
+//!   overtaken on the way (a publish that failed, two publishers racing):
+//!   every member leaves the room and goes back to pending, and the job is
+//!   queued for a refresh, which sends a fresh `job-status` read from the
+//!   database (unless the socket already has that state), then the buffered
+//!   updates that follow it without a gap. Buffered updates beyond a gap are
+//!   dropped: the database, read after they were published, is the better
+//!   account of the job, and a worker's bogus seq cannot make refreshes
+//!   loop;
+//! - a socket whose queue is full is never sent anything more of the job
+//!   until a fresh `job-status` fits: it is *lagging*, outside the room.
+//!   socketioxide's broadcast says how many sockets could not take a
+//!   message, not which, so when any member of a room could not, every
+//!   member leaves the room as lagging at the room's last seq; those that
+//!   took the message are sent a fresh `job-status` at the next sweep (at
+//!   most a second later) and join again, the others when it fits.
+//!
+//! Every send, join and leave of a job happens under the job's shard lock,
+//! so the room's membership and `room_seq` always agree.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use leadgate_protocol::{JobStatus, JobUpdate};
+use socketioxide::extract::SocketRef;
+use socketioxide::socket::Sid;
+use socketioxide::{BroadcastError, SocketError, SocketIo};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::engine::{EncodedEvent, SendError, Sid, Socket};
 use crate::metrics::Metrics;
 
 /// Updates buffered for a pending subscription. Past this the buffer is
@@ -37,19 +60,34 @@ const PENDING_BUFFER: usize = 256;
 
 const SHARDS: usize = 64;
 
-type Subscribers = HashMap<Uuid, Vec<Subscriber>>;
+type Jobs = HashMap<Uuid, Job>;
 
 /// Subscriptions of this instance, sharded by job so that deliveries of
 /// different jobs rarely contend.
 pub struct Hub {
-    shards: Box<[Mutex<Subscribers>]>,
+    shards: Box<[Mutex<Jobs>]>,
     next_token: AtomicU64,
     refresh: RefreshQueue,
     metrics: Arc<Metrics>,
+    /// The Socket.IO server whose rooms the hub broadcasts to; set once it
+    /// is built.
+    io: OnceLock<SocketIo>,
+}
+
+/// The subscribers of one job on this instance.
+#[derive(Default)]
+struct Job {
+    /// The seq every member of the room stands at: the last update (or
+    /// snapshot) broadcast to the room, or the seq of the first socket that
+    /// joined it. `None` while the room is empty.
+    room_seq: Option<i64>,
+    /// Members of the room (subscribers in [`State::Joined`]).
+    joined: usize,
+    subs: Vec<Subscriber>,
 }
 
 struct Subscriber {
-    socket: Socket,
+    socket: SocketRef,
     /// Tells one subscription of a socket to a job from a later one.
     token: u64,
     state: State,
@@ -65,14 +103,16 @@ enum State {
         /// The seq the socket already has, when it was active before.
         last_sent: Option<i64>,
     },
-    Active {
-        last_seq: i64,
-    },
-    /// The socket's queue was full and a message was dropped: nothing more
-    /// is sent until a fresh `job-status` fits (see [`Hub::sweep`]).
+    /// Up to date at `last_seq`, outside the room: sent updates one by one
+    /// until the room stands at the same seq, then it joins.
+    Active { last_seq: i64 },
+    /// In the job's room, at the room's seq.
+    Joined,
+    /// The socket could not take a message: nothing more is sent until a
+    /// fresh `job-status` fits (see [`Hub::sweep`]).
     Lagging {
         since: Instant,
-        /// The seq of the last message the socket did get (-1: none).
+        /// The seq of the last message the socket surely got (-1: none).
         last_sent: i64,
     },
 }
@@ -99,6 +139,76 @@ pub enum Activation {
     Gone,
 }
 
+fn room(job: Uuid) -> String {
+    format!("job:{job}")
+}
+
+impl Job {
+    fn join(&mut self, job: Uuid, sub_index: usize) {
+        let sub = &mut self.subs[sub_index];
+        sub.socket.join(room(job));
+        sub.state = State::Joined;
+        self.joined += 1;
+    }
+
+    /// Takes a member out of the room, into `state`.
+    fn leave(&mut self, job: Uuid, sub_index: usize, state: State) {
+        let sub = &mut self.subs[sub_index];
+        debug_assert!(matches!(sub.state, State::Joined));
+        sub.socket.leave(room(job));
+        sub.state = state;
+        self.joined -= 1;
+        if self.joined == 0 {
+            self.room_seq = None;
+        }
+    }
+
+    /// Removes the subscribers `remove` picks, leaving the room first.
+    fn remove(&mut self, job: Uuid, mut remove: impl FnMut(&Subscriber) -> bool) {
+        let mut i = 0;
+        while i < self.subs.len() {
+            if remove(&self.subs[i]) {
+                if matches!(self.subs[i].state, State::Joined) {
+                    self.leave(job, i, State::pending(false));
+                }
+                self.subs.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Every member leaves the room, into the state `state` makes from the
+    /// room's seq.
+    fn empty_room(&mut self, job: Uuid, state: impl Fn(i64) -> State) {
+        let Some(room_seq) = self.room_seq else {
+            return;
+        };
+        for i in 0..self.subs.len() {
+            if matches!(self.subs[i].state, State::Joined) {
+                self.leave(job, i, state(room_seq));
+            }
+        }
+    }
+
+    /// Lets every socket that stands where the room stands join it; the
+    /// first one to come fixes the seq of an empty room.
+    fn settle(&mut self, job: Uuid) {
+        for i in 0..self.subs.len() {
+            if let State::Active { last_seq } = self.subs[i].state {
+                match self.room_seq {
+                    None => {
+                        self.room_seq = Some(last_seq);
+                        self.join(job, i);
+                    }
+                    Some(room_seq) if room_seq == last_seq => self.join(job, i),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+}
+
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Hub {
@@ -106,7 +216,13 @@ impl Hub {
             next_token: AtomicU64::new(1),
             refresh: RefreshQueue::default(),
             metrics,
+            io: OnceLock::new(),
         }
+    }
+
+    /// Gives the hub the Socket.IO server whose rooms it sends to.
+    pub fn set_io(&self, io: SocketIo) {
+        let _ = self.io.set(io);
     }
 
     /// Subscriptions, over every job.
@@ -117,17 +233,16 @@ impl Hub {
                 s.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .values()
-                    .map(Vec::len)
+                    .map(|job| job.subs.len())
                     .sum::<usize>()
             })
             .sum()
     }
 
-    fn shard(&self, job: &Uuid) -> MutexGuard<'_, Subscribers> {
+    fn shard(&self, job: &Uuid) -> MutexGuard<'_, Jobs> {
         let index = (job.as_u128() % SHARDS as u128) as usize;
-        // Every change under this lock is a single push, retain or field
-        // write, so a panic cannot leave it half-made: a poisoned shard is
-        // still consistent.
+        // Every change under this lock leaves it consistent before anything
+        // that could panic, so a poisoned shard is still usable.
         self.shards[index]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -136,13 +251,13 @@ impl Hub {
     /// Registers `socket` for `job`, pending and not yet authorized,
     /// replacing an earlier subscription of the same socket. Returns the
     /// token for [`Hub::activate`].
-    pub fn begin(&self, job: Uuid, socket: &Socket) -> u64 {
+    pub fn begin(&self, job: Uuid, socket: &SocketRef) -> u64 {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut shard = self.shard(&job);
-        let subscribers = shard.entry(job).or_default();
-        let sid = socket.id();
-        subscribers.retain(|s| s.socket.id() != sid);
-        subscribers.push(Subscriber {
+        let entry = shard.entry(job).or_default();
+        let sid = socket.id;
+        entry.remove(job, |s| s.socket.id == sid);
+        entry.subs.push(Subscriber {
             socket: socket.clone(),
             token,
             state: State::pending(false),
@@ -154,14 +269,18 @@ impl Hub {
     /// buffered updates newer than it.
     pub fn activate(&self, job: Uuid, sid: Sid, token: u64, status: &JobStatus) -> Activation {
         let mut shard = self.shard(&job);
-        let Some(sub) = shard.get_mut(&job).and_then(|subs| {
-            subs.iter_mut()
-                .find(|s| s.socket.id() == sid && s.token == token)
-        }) else {
+        let Some(entry) = shard.get_mut(&job) else {
+            return Activation::Gone;
+        };
+        let Some(sub) = entry
+            .subs
+            .iter_mut()
+            .find(|s| s.socket.id == sid && s.token == token)
+        else {
             return Activation::Gone;
         };
         match &mut sub.state {
-            State::Active { .. } | State::Lagging { .. } => Activation::Sent,
+            State::Active { .. } | State::Joined | State::Lagging { .. } => Activation::Sent,
             State::Pending {
                 overflowed: true, ..
             } => {
@@ -170,6 +289,7 @@ impl Hub {
             }
             State::Pending { .. } => {
                 send_snapshot(&self.metrics, sub, status);
+                entry.settle(job);
                 Activation::Sent
             }
         }
@@ -179,11 +299,19 @@ impl Hub {
     /// from the database after the job was queued for a refresh.
     pub fn refresh(&self, job: Uuid, status: &JobStatus) {
         let mut shard = self.shard(&job);
-        let Some(subs) = shard.get_mut(&job) else {
+        let Some(entry) = shard.get_mut(&job) else {
             return;
         };
+        // The room first, with one broadcast, when it is behind.
+        if let Some(room_seq) = entry.room_seq.filter(|seq| status.seq > *seq) {
+            if self.broadcast(job, entry, "job-status", status) {
+                entry.room_seq = Some(status.seq);
+            } else {
+                entry.empty_room(job, |_| lagging(room_seq));
+            }
+        }
         let mut again = false;
-        for sub in subs.iter_mut() {
+        for sub in entry.subs.iter_mut() {
             match &mut sub.state {
                 State::Pending {
                     authorized: false, ..
@@ -211,7 +339,7 @@ impl Hub {
                         sub.state = lagging(before);
                     }
                 }
-                State::Active { .. } => {}
+                State::Active { .. } | State::Joined => {}
                 // The missed updates coalesce into this one snapshot.
                 State::Lagging { last_sent, .. } if status.seq > *last_sent => {
                     if send(&self.metrics, &sub.socket, "job-status", status, job) {
@@ -225,6 +353,7 @@ impl Hub {
                 State::Lagging { .. } => {}
             }
         }
+        entry.settle(job);
         if again {
             self.refresh.push(job);
         }
@@ -234,26 +363,30 @@ impl Hub {
     /// subscription ends (a later re-subscribe stays).
     pub fn end(&self, job: Uuid, sid: Sid, token: Option<u64>) {
         let mut shard = self.shard(&job);
-        if let Some(subs) = shard.get_mut(&job) {
-            subs.retain(|s| !(s.socket.id() == sid && token.is_none_or(|t| t == s.token)));
-            if subs.is_empty() {
+        if let Some(entry) = shard.get_mut(&job) {
+            entry.remove(job, |s| {
+                s.socket.id == sid && token.is_none_or(|t| t == s.token)
+            });
+            if entry.subs.is_empty() {
                 shard.remove(&job);
             }
         }
     }
 
     /// Sends `update` to every socket of this instance subscribed to its job
-    /// for which it is the next one; returns how many were sent it.
+    /// for which it is the next one: the room's members with one broadcast,
+    /// the others one by one. Returns how many sockets were sent it.
     pub fn deliver(&self, update: &JobUpdate) -> usize {
-        let mut shard = self.shard(&update.job_id);
-        let Some(subs) = shard.get_mut(&update.job_id) else {
+        let job = update.job_id;
+        let mut shard = self.shard(&job);
+        let Some(entry) = shard.get_mut(&job) else {
             return 0;
         };
         let mut sent = 0;
         let mut gap = false;
-        // Encoded once, when the first socket takes it, for every socket.
-        let mut encoded: Option<EncodedEvent> = None;
-        for sub in subs.iter_mut() {
+        // Those outside the room first: the members that may leave it below
+        // are then not served twice.
+        for sub in entry.subs.iter_mut() {
             match &mut sub.state {
                 State::Pending {
                     buffer, overflowed, ..
@@ -265,26 +398,16 @@ impl Hub {
                     }
                 }
                 State::Active { last_seq } if update.seq == *last_seq + 1 => {
-                    let payload = match &encoded {
-                        Some(payload) => payload,
-                        None => match EncodedEvent::encode("job-update", update) {
-                            Ok(payload) => encoded.insert(payload),
-                            Err(e) => {
-                                tracing::error!(job = %update.job_id, error = %e, "Could not encode a job update.");
-                                break;
-                            }
-                        },
-                    };
                     let before = *last_seq;
                     *last_seq = update.seq;
-                    if send_encoded(&self.metrics, &sub.socket, payload, update.job_id) {
+                    if send(&self.metrics, &sub.socket, "job-update", update, job) {
                         sent += 1;
                     } else {
                         sub.state = lagging(before);
                     }
                 }
                 State::Active { last_seq } if update.seq > *last_seq + 1 => {
-                    tracing::debug!(job = %update.job_id, sid = %sub.socket.id(), last_seq = *last_seq, seq = update.seq, "Gap in a job's events; refreshing.");
+                    tracing::debug!(job = %job, sid = %sub.socket.id, last_seq = *last_seq, seq = update.seq, "Gap in a job's events; refreshing.");
                     sub.state = State::Pending {
                         authorized: true,
                         buffer: vec![update.clone()],
@@ -293,13 +416,86 @@ impl Hub {
                     };
                     gap = true;
                 }
-                State::Active { .. } | State::Lagging { .. } => {}
+                State::Active { .. } | State::Joined | State::Lagging { .. } => {}
             }
         }
+        if let Some(room_seq) = entry.room_seq {
+            if update.seq == room_seq + 1 {
+                let members = entry.joined;
+                if self.broadcast(job, entry, "job-update", update) {
+                    entry.room_seq = Some(update.seq);
+                    sent += members;
+                } else {
+                    entry.empty_room(job, |_| lagging(room_seq));
+                }
+            } else if update.seq > room_seq + 1 {
+                tracing::debug!(job = %job, room_seq, seq = update.seq, "Gap in a job's events; refreshing its room.");
+                entry.empty_room(job, |last| State::Pending {
+                    authorized: true,
+                    buffer: vec![update.clone()],
+                    overflowed: false,
+                    last_sent: Some(last),
+                });
+                gap = true;
+            }
+        }
+        entry.settle(job);
         if gap {
-            self.refresh.push(update.job_id);
+            self.refresh.push(job);
         }
         sent
+    }
+
+    /// Broadcasts one message to the job's room, encoded once. `false` when
+    /// a member's queue was full: who is not known, so the caller takes
+    /// every member out (see the module docs). Sockets that closed
+    /// meanwhile are not counted; their disconnect ends their subscription.
+    fn broadcast<T: serde::Serialize>(
+        &self,
+        job: Uuid,
+        entry: &Job,
+        event: &'static str,
+        data: &T,
+    ) -> bool {
+        let Some(io) = self.io.get() else {
+            return false;
+        };
+        let members = entry.joined as u64;
+        // The local adapter broadcasts synchronously: the future is ready
+        // at its first poll, while the shard lock is held.
+        let result = io
+            .local()
+            .to(room(job))
+            .emit(event, data)
+            .now_or_never()
+            .unwrap_or_else(|| {
+                tracing::error!(job = %job, event, "A room broadcast did not complete at once.");
+                Err(BroadcastError::Socket(vec![SocketError::InternalChannelFull]))
+            });
+        match result {
+            Ok(()) => {
+                self.metrics.broadcast(event, members, 0);
+                true
+            }
+            Err(BroadcastError::Socket(errors)) => {
+                let full = errors
+                    .iter()
+                    .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                    .count() as u64;
+                let closed = errors.len() as u64 - full;
+                self.metrics
+                    .broadcast(event, members.saturating_sub(full + closed), full + closed);
+                if full > 0 {
+                    tracing::warn!(job = %job, event, sockets = full, members, "Sockets of a job's room could not take a message; the room's members get a fresh job-status.");
+                }
+                full == 0
+            }
+            Err(e) => {
+                tracing::error!(job = %job, event, error = %e, "Could not broadcast to a job's room.");
+                self.metrics.broadcast(event, 0, members);
+                false
+            }
+        }
     }
 
     /// Queues every job that has subscribers here for a refresh: after
@@ -330,21 +526,21 @@ impl Hub {
 
     /// Looks after sockets that could not take a message: their jobs are
     /// queued for a refresh, which sends a fresh `job-status` once it fits;
-    /// a socket lagging for longer than `grace` loses its subscriptions and
-    /// is returned, to be disconnected.
-    pub fn sweep(&self, grace: Duration) -> Vec<Socket> {
+    /// a socket lagging for longer than `grace` loses its subscriptions
+    /// (and leaves their rooms) and is returned, to be disconnected.
+    pub fn sweep(&self, grace: Duration) -> Vec<SocketRef> {
         // First the sockets past the grace, then all of their subscriptions
         // go, whichever job they lag on.
-        let mut evicted: Vec<Socket> = Vec::new();
+        let mut evicted: Vec<SocketRef> = Vec::new();
         let mut jobs = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (job, subs) in shard.iter() {
-                for sub in subs {
+            for (job, entry) in shard.iter() {
+                for sub in &entry.subs {
                     match sub.state {
                         State::Lagging { since, .. }
                             if since.elapsed() > grace
-                                && !evicted.iter().any(|s| s.id() == sub.socket.id()) =>
+                                && !evicted.iter().any(|s| s.id == sub.socket.id) =>
                         {
                             evicted.push(sub.socket.clone());
                         }
@@ -358,10 +554,10 @@ impl Hub {
         if !evicted.is_empty() {
             for shard in self.shards.iter() {
                 let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-                for subs in shard.values_mut() {
-                    subs.retain(|sub| !evicted.iter().any(|s| s.id() == sub.socket.id()));
+                for (job, entry) in shard.iter_mut() {
+                    entry.remove(*job, |sub| evicted.iter().any(|s| s.id == sub.socket.id));
                 }
-                shard.retain(|_, subs| !subs.is_empty());
+                shard.retain(|_, entry| !entry.subs.is_empty());
             }
         }
         for job in jobs {
@@ -378,8 +574,8 @@ impl Hub {
 
 /// Sends a pending subscription the snapshot (unless it already has that
 /// state) and the buffered updates that follow it without a gap, and makes
-/// it active. Buffered updates beyond a gap are dropped (see the module
-/// docs).
+/// it active, outside the room. Buffered updates beyond a gap are dropped
+/// (see the module docs).
 fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
     let State::Pending {
         buffer, last_sent, ..
@@ -407,7 +603,7 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
             }
             last_seq = update.seq;
         } else if update.seq > last_seq + 1 {
-            tracing::debug!(job = %update.job_id, sid = %sub.socket.id(), last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
+            tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
             break;
         }
     }
@@ -454,36 +650,23 @@ impl RefreshQueue {
     }
 }
 
+/// Sends one message to one socket; `false` if it could not take it.
 fn send<T: serde::Serialize>(
     metrics: &Metrics,
-    socket: &Socket,
+    socket: &SocketRef,
     event: &'static str,
     data: &T,
     job: Uuid,
 ) -> bool {
-    sent(metrics, socket, event, socket.emit(event, data), job)
-}
-
-fn send_encoded(metrics: &Metrics, socket: &Socket, event: &EncodedEvent, job: Uuid) -> bool {
-    let result = socket.emit_encoded(event);
-    sent(metrics, socket, event.name(), result, job)
-}
-
-fn sent(
-    metrics: &Metrics,
-    socket: &Socket,
-    event: &'static str,
-    result: Result<(), SendError>,
-    job: Uuid,
-) -> bool {
+    let result = socket.emit(event, data);
     metrics.message(event, result.is_ok());
     match result {
         Ok(()) => true,
         Err(e) => {
             // The socket's queue is full or it is closing; the packet is
-            // lost for this socket only. A full socket is marked lagging by
-            // the caller and gets a fresh job-status once it can take one.
-            tracing::warn!(sid = %socket.id(), job = %job, event, error = %e, "Dropped a message for a socket.");
+            // lost for this socket only. The caller marks it lagging, and it
+            // gets a fresh job-status once it can take one.
+            tracing::warn!(sid = %socket.id, job = %job, event, error = %e, "Dropped a message for a socket.");
             false
         }
     }

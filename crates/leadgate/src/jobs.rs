@@ -5,78 +5,172 @@
 //! `unsubscribe-job` stops them. A job that does not exist and a job of
 //! another user get the same answer, so job ids cannot be probed.
 
+use std::sync::Arc;
+
 use leadgate_protocol::{Ack, ClientError, parse_job_id};
 use serde_json::Value;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::MessageHandler;
+use socketioxide::socket::{DisconnectReason, Socket};
 use tracing::{debug, error, info};
 
 use crate::App;
-use crate::engine::Socket;
+use crate::auth::AuthError;
 use crate::hub::Activation;
+use crate::requests::{Pushed, Requests};
 use crate::session::{Session, TokenExpiry};
 
 /// The answer for an unknown job and for another user's job alike.
 pub const JOB_NOT_FOUND: &str = "job not found";
 const BAD_JOB_ID: &str = "jobId must be a UUID string";
 
-/// Runs one request of a client of `/` and
-/// returns the answer for its ack: `None` for an event the namespace does
-/// not know (ignored) and for a subscription that ended while it was made.
-/// A refused request is also told with an `error` event.
-pub(crate) async fn request(
-    app: &App,
-    client: &Socket,
-    session: &Session,
-    expiry: &TokenExpiry,
-    event: &str,
+/// What the gateway keeps for one socket of `/`, in its extensions.
+pub struct Client {
+    pub session: Session,
+    pub expiry: TokenExpiry,
+    requests: Requests<Request>,
+}
+
+struct Request {
+    subscribe: bool,
     arg: Option<Value>,
-) -> Option<Ack> {
-    let event = match event {
-        "subscribe-job" => "subscribe-job",
-        "unsubscribe-job" => "unsubscribe-job",
-        "refresh-token" => return Some(refresh(app, client, session, expiry, arg)),
-        _ => {
-            debug!(sid = %client.id(), event, "Ignored an unknown event.");
-            return None;
-        }
-    };
-    if !session.allow_request(app.limits.event_rate) {
-        return Some(refuse(client, event, &app.limits.too_many_requests()));
+    ack: AckSender,
+}
+
+/// Connect middleware: refuses the handshake unless it carries a valid
+/// token, and registers the socket's handlers before the client is told it
+/// is connected (socketioxide runs the connect handler in a task of its
+/// own, so an event emitted from the client's `connect` callback could
+/// otherwise arrive before its handler exists, and be lost).
+pub async fn authenticate(
+    socket: SocketRef,
+    State(app): State<App>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), AuthError> {
+    let (principal, slot) = crate::sio::admit(&app, &socket, auth.ok().as_ref())?;
+    let client = Arc::new(Client {
+        expiry: TokenExpiry::new(principal.expires_at),
+        session: Session::new(principal, slot, app.limits.event_rate),
+        requests: Requests::new(),
+    });
+    socket.extensions.insert(client.clone());
+    socket.on_fallback(Events { app, client });
+    socket.on_disconnect(on_disconnect);
+    Ok(())
+}
+
+/// Connect handler: the socket is authenticated and its events are wired.
+pub async fn on_connect(socket: SocketRef) {
+    if let Some(client) = socket.extensions.get::<Arc<Client>>() {
+        info!(ns = socket.ns(), sid = %socket.id, user = %client.session.principal.sub, transport = ?socket.transport_type(), "Connected.");
     }
-    let outcome = if event == "subscribe-job" {
-        subscribe_job(app, client, session, arg).await
-    } else {
-        unsubscribe_job(app, client, session, arg)
-    };
-    match outcome {
-        Ok(true) => Some(Ack::ok()),
-        Ok(false) => None,
-        Err(message) => Some(refuse(client, event, &message)),
+}
+
+/// The handler of every event of a socket of `/`: it runs on the
+/// connection's read path, so requests are queued in the order they came
+/// (see [`crate::requests`]).
+struct Events {
+    app: App,
+    client: Arc<Client>,
+}
+
+impl MessageHandler<LocalAdapter, Events> for Events {
+    fn call(
+        &self,
+        s: Arc<Socket<LocalAdapter>>,
+        mut v: socketioxide::handler::Value,
+        ack_id: Option<i64>,
+    ) {
+        use socketioxide::handler::FromMessageParts;
+        let Ok(Event(event)) = Event::from_message_parts(&s, &mut v, &ack_id) else {
+            return;
+        };
+        let Ok(socket) = SocketRef::from_message_parts(&s, &mut v, &ack_id);
+        let Ok(ack) = AckSender::from_message_parts(&s, &mut v, &ack_id);
+        let Ok(TryData(arg)) = TryData::<Value>::from_message_parts(&s, &mut v, &ack_id);
+        let (app, client) = (&self.app, &self.client);
+        let subscribe = match event.as_str() {
+            "subscribe-job" => true,
+            "unsubscribe-job" => false,
+            // Not queued: a token about to run out is not made to wait
+            // behind slow requests.
+            "refresh-token" => {
+                let answer = refresh(app, &socket, client, arg.ok());
+                let _ = ack.send(&answer);
+                return;
+            }
+            _ => {
+                debug!(sid = %socket.id, event, "Ignored an unknown event.");
+                return;
+            }
+        };
+        let event = if subscribe {
+            "subscribe-job"
+        } else {
+            "unsubscribe-job"
+        };
+        if !client.session.allow_request(app.limits.event_rate) {
+            let _ = ack.send(&refuse(&socket, event, &app.limits.too_many_requests()));
+            return;
+        }
+        let request = Request {
+            subscribe,
+            arg: arg.ok(),
+            ack,
+        };
+        match client.requests.push(request) {
+            Pushed::Start => {
+                tokio::spawn(serve(app.clone(), socket, client.clone()));
+            }
+            Pushed::Queued => {}
+            Pushed::Full => {
+                let _ = refuse(&socket, event, &app.limits.too_many_requests());
+            }
+        }
+    }
+}
+
+/// Serves the socket's queued requests, one at a time, until none waits.
+async fn serve(app: App, socket: SocketRef, client: Arc<Client>) {
+    while let Some(request) = client.requests.next() {
+        let (event, outcome) = if request.subscribe {
+            (
+                "subscribe-job",
+                subscribe_job(&app, &socket, &client.session, request.arg).await,
+            )
+        } else {
+            (
+                "unsubscribe-job",
+                unsubscribe_job(&app, &socket, &client.session, request.arg),
+            )
+        };
+        let answer = match outcome {
+            Ok(true) => Ack::ok(),
+            Ok(false) => continue,
+            Err(message) => refuse(&socket, event, &message),
+        };
+        let _ = request.ack.send(&answer);
     }
 }
 
 /// `refresh-token`: takes a fresh token for the same user; the answer for
 /// its ack.
-pub(crate) fn refresh(
-    app: &App,
-    client: &Socket,
-    session: &Session,
-    expiry: &TokenExpiry,
-    arg: Option<Value>,
-) -> Ack {
-    if !session.allow_request(app.limits.event_rate) {
-        return refuse(client, "refresh-token", &app.limits.too_many_requests());
+fn refresh(app: &App, socket: &SocketRef, client: &Client, arg: Option<Value>) -> Ack {
+    if !client.session.allow_request(app.limits.event_rate) {
+        return refuse(socket, "refresh-token", &app.limits.too_many_requests());
     }
     match crate::session::refresh_token(
         app,
-        Some(expiry),
-        &session.principal,
+        Some(&client.expiry),
+        &client.session.principal,
         arg.unwrap_or_default(),
     ) {
         Ok(_) => {
-            debug!(sid = %client.id(), "Token refreshed.");
+            debug!(sid = %socket.id, "Token refreshed.");
             Ack::ok()
         }
-        Err(e) => refuse(client, "refresh-token", &e.to_string()),
+        Err(e) => refuse(socket, "refresh-token", &e.to_string()),
     }
 }
 
@@ -84,7 +178,7 @@ pub(crate) fn refresh(
 /// ended meanwhile, `Err` with the refusal.
 async fn subscribe_job(
     app: &App,
-    client: &Socket,
+    socket: &SocketRef,
     session: &Session,
     arg: Option<Value>,
 ) -> Result<bool, String> {
@@ -97,12 +191,12 @@ async fn subscribe_job(
             app.limits.max_subscriptions
         ));
     }
-    let sid = client.id();
-    let token = app.hub.begin(job, client);
-    // Handlers are not cancelled when the socket goes: if the disconnect
-    // handler already cleaned up, this subscription must not outlive it.
-    // (It closes the session before it takes the jobs, and the job was
-    // added before `begin`, so one of the two always ends it.)
+    let sid = socket.id;
+    let token = app.hub.begin(job, socket);
+    // A request still running when the socket goes: if the disconnect
+    // cleanup already ran, this subscription must not outlive it. (It closes
+    // the session before it takes the jobs, and the job was added before
+    // `begin`, so one of the two always ends it.)
     if session.is_closed() {
         app.hub.end(job, sid, Some(token));
         session.remove_job(&job);
@@ -140,24 +234,45 @@ async fn subscribe_job(
 
 fn unsubscribe_job(
     app: &App,
-    client: &Socket,
+    socket: &SocketRef,
     session: &Session,
     arg: Option<Value>,
 ) -> Result<bool, String> {
     let Some(job) = arg.and_then(|v| parse_job_id(&v).ok()) else {
         return Err(BAD_JOB_ID.to_owned());
     };
-    app.hub.end(job, client.id(), None);
+    app.hub.end(job, socket.id, None);
     session.remove_job(&job);
-    debug!(sid = %client.id(), job = %job, "Unsubscribed.");
+    debug!(sid = %socket.id, job = %job, "Unsubscribed.");
     Ok(true)
+}
+
+async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: DisconnectReason) {
+    if let Some(user) = leave(&app, &socket) {
+        info!(ns = socket.ns(), sid = %socket.id, %user, ?reason, "Disconnected.");
+    }
+}
+
+/// Ends the socket's subscriptions, once: from its disconnect handler, or
+/// earlier, when the gateway lets the socket go (an evicted client, shut
+/// down) and socketioxide may run that handler late or not at all. Returns
+/// the user the first time.
+pub(crate) fn leave(app: &App, socket: &SocketRef) -> Option<String> {
+    let client = socket.extensions.get::<Arc<Client>>()?;
+    if client.session.is_closed() {
+        return None;
+    }
+    for job in client.session.close() {
+        app.hub.end(job, socket.id, None);
+    }
+    Some(client.session.principal.sub.clone())
 }
 
 /// Refuses a request: tells the client with an `error` event and returns
 /// the ack's answer.
-pub(crate) fn refuse(client: &Socket, event: &str, message: &str) -> Ack {
-    info!(sid = %client.id(), event, reason = message, "Refused a request.");
-    let _ = client.emit(
+pub(crate) fn refuse(socket: &SocketRef, event: &str, message: &str) -> Ack {
+    info!(sid = %socket.id, event, reason = message, "Refused a request.");
+    let _ = socket.emit(
         "error",
         &ClientError {
             message: message.to_owned(),

@@ -7,7 +7,6 @@
 pub mod auth;
 pub mod config;
 pub mod dev;
-mod engine;
 mod fanout;
 mod http;
 mod hub;
@@ -16,7 +15,9 @@ mod leads;
 mod limits;
 mod locks;
 mod metrics;
+mod requests;
 mod session;
+mod sio;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,8 +56,8 @@ pub struct App(Arc<AppInner>);
 pub struct AppInner {
     store: Store,
     metrics: Arc<Metrics>,
-    /// The Socket.IO connections (see [`engine`]).
-    engine: engine::Engine,
+    /// The Socket.IO server (see [`sio`]), set once it is built.
+    io: std::sync::OnceLock<socketioxide::SocketIo>,
     hub: Arc<Hub>,
     fanout: Arc<Fanout>,
     leads: Arc<Leads>,
@@ -64,17 +65,17 @@ pub struct AppInner {
     api_keys: Vec<Secret>,
     job_locks: JobLocks,
     limits: Limits,
-    /// Connection attempts per client address.
+    /// Socket.IO connects (namespace handshakes) per client address.
     connect_attempts: limits::Buckets<std::net::IpAddr>,
+    /// Engine.IO handshakes (new sessions) per client address.
+    handshake_attempts: limits::Buckets<std::net::IpAddr>,
     /// Open connections per user.
     user_connections: Arc<limits::PerUser>,
     /// Set on shutdown: `/readyz` answers 503 from then on.
     draining: AtomicBool,
-    /// Cancelled on shutdown; `/ws/leads/` connections close on it, and a
-    /// Socket.IO connection opened after shutdown began closes at once.
+    /// Cancelled on shutdown; `/ws/leads/` connections close on it.
     stopping: CancellationToken,
-    /// The tasks of every client connection (Socket.IO, on either
-    /// transport, and `/ws/leads/`), which shutdown waits for.
+    /// The tasks of the `/ws/leads/` connections, which shutdown waits for.
     connections: TaskTracker,
 }
 
@@ -158,10 +159,11 @@ impl App {
             ("/ws/leads/", "websocket"),
             self.leads.websocket_clients() as i64,
         );
-        let own = self.engine.socket_counts();
-        for ns in engine::packet::Namespace::ALL {
-            for (transport, count) in ["websocket", "polling"].into_iter().zip(own[ns.index()]) {
-                *counts.entry((ns.path(), transport)).or_default() += count as i64;
+        if let Some(io) = self.io.get() {
+            for namespace in ["/", "/leads"] {
+                let [websocket, polling] = sio::socket_counts(io, namespace);
+                counts.insert((namespace, "websocket"), websocket as i64);
+                counts.insert((namespace, "polling"), polling as i64);
             }
         }
         for ((namespace, transport), count) in counts {
@@ -311,17 +313,14 @@ pub async fn run(
         tasks.clone(),
     )));
 
+    let connect_rate = limits::Rate {
+        per_second: f64::from(config.connect_rate),
+        burst: f64::from(config.connect_rate) * 2.0,
+    };
     let app = App(Arc::new(AppInner {
         store: store.clone(),
         metrics,
-        engine: engine::Engine::new(
-            config.socket_buffer,
-            config.max_payload,
-            engine::Heartbeat {
-                interval: Duration::from_secs(config.ping_interval),
-                timeout: Duration::from_secs(config.ping_timeout),
-            },
-        ),
+        io: std::sync::OnceLock::new(),
         hub,
         fanout,
         leads,
@@ -340,20 +339,22 @@ pub async fn run(
             max_payload: config.max_payload,
             slow_client_grace: Duration::from_secs(config.slow_client_grace),
         },
-        connect_attempts: limits::Buckets::new(limits::Rate {
-            per_second: f64::from(config.connect_rate),
-            burst: f64::from(config.connect_rate) * 2.0,
-        }),
+        connect_attempts: limits::Buckets::new(connect_rate),
+        handshake_attempts: limits::Buckets::new(connect_rate),
         user_connections: Arc::new(limits::PerUser::new(config.max_connections_per_user)),
         draining: AtomicBool::new(false),
         stopping: CancellationToken::new(),
         connections: TaskTracker::new(),
     }));
 
-    // The engine takes every request to `/socket.io/`.
-    let mut router = http::router(app.clone(), config.max_http_body).layer(
-        axum::middleware::from_fn_with_state(app.clone(), engine::route),
-    );
+    let (layer, io) = sio::build(&app, &config);
+    let _ = app.io.set(io.clone());
+    app.hub.set_io(io.clone());
+    // Outermost first: the handshake limit and the compaction, then
+    // socketioxide, which takes every request to `/socket.io/`.
+    let mut router = http::router(app.clone(), config.max_http_body)
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), sio::front));
     if !config.allowed_origins.is_empty() {
         router = router.layer(cors(&config.allowed_origins));
     }
@@ -372,12 +373,12 @@ pub async fn run(
             stopping.cancel();
         }
     };
+    let grace = config.shutdown_grace();
     let closer = {
-        let (stopping, app) = (stopping.clone(), app.clone());
+        let (stopping, app, io) = (stopping.clone(), app.clone(), io.clone());
         tokio::spawn(async move {
             stopping.cancelled().await;
-            let connections = app.engine.close_all();
-            info!(connections, "Shutting down: closing client connections.");
+            sio::close_all(&app, &io, grace).await;
         })
     };
     // Each connection writes what is queued for it in one send; Nagle's
@@ -394,7 +395,6 @@ pub async fn run(
     )
     .with_graceful_shutdown(signal)
     .into_future();
-    let grace = config.shutdown_grace();
     // Client connections run in tasks of their own, out of the HTTP
     // server's sight (WebSockets are upgraded, long-polling sessions outlive
     // their requests), so the server can finish before they are closed:
@@ -435,15 +435,15 @@ async fn run_expiry(app: App, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        let Some(io) = app.io.get() else { continue };
         let now = chrono::Utc::now().timestamp();
         let reason = auth::AuthError::Expired.to_string();
-        for (socket, expiry) in app.engine.sockets() {
-            if expiry.get().saturating_add(leeway) >= now {
+        for (socket, expiry) in sio::sockets_with_expiry(io) {
+            if expiry.saturating_add(leeway) >= now {
                 continue;
             }
-            let namespace = socket.namespace().path();
-            info!(ns = namespace, sid = %socket.id(), "Token expired; disconnecting.");
-            let _ = if namespace == "/" {
+            info!(ns = socket.ns(), sid = %socket.id, "Token expired; disconnecting.");
+            let told = if socket.ns() == "/" {
                 socket.emit(
                     "error",
                     &leadgate_protocol::ClientError {
@@ -456,7 +456,12 @@ async fn run_expiry(app: App, cancel: CancellationToken) {
                     &leadgate_protocol::leads::LeadsErrorMessage::new(reason.clone()),
                 )
             };
-            socket.disconnect();
+            // Told and disconnected as soon as both fit; a socket whose
+            // queue is full is tried again next second.
+            if told.is_ok() {
+                sio::forget(&app, &socket);
+                let _ = socket.disconnect();
+            }
         }
     }
 }

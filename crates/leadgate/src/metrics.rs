@@ -163,6 +163,18 @@ impl Metrics {
         family.get_or_create(&EventLabels { event }).inc();
     }
 
+    /// Counts one broadcast: `sent` sockets took the message, `dropped`
+    /// could not.
+    pub fn broadcast(&self, event: &'static str, sent: u64, dropped: u64) {
+        let labels = EventLabels { event };
+        if sent > 0 {
+            self.messages_sent.get_or_create(&labels).inc_by(sent);
+        }
+        if dropped > 0 {
+            self.messages_dropped.get_or_create(&labels).inc_by(dropped);
+        }
+    }
+
     pub fn query(&self, query: &'static str, took: Duration) {
         self.db_query_seconds
             .get_or_create(&QueryLabels { query })

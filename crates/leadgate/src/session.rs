@@ -1,6 +1,6 @@
 //! Per-connection state of namespace `/`: the user, the subscriptions,
-//! the request rate, and when the token runs out. (A connection's requests
-//! run one at a time, in the order they came: see [`crate::engine`].)
+//! the request rate, and when the token runs out. (A socket's requests run
+//! one at a time, in the order they came: see [`crate::requests`].)
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -24,14 +24,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(principal: Principal, slot: Arc<UserSlot>, rate: Rate) -> Arc<Self> {
-        Arc::new(Session {
+    pub fn new(principal: Principal, slot: Arc<UserSlot>, rate: Rate) -> Self {
+        Session {
             principal,
             jobs: Mutex::default(),
             closed: AtomicBool::new(false),
             requests: Mutex::new(Bucket::new(rate)),
             _slot: slot,
-        })
+        }
     }
 
     /// Whether one more request fits in the connection's rate.

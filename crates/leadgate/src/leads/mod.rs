@@ -1,6 +1,6 @@
 //! Leads for browsers (seed 000): the same conversation on Socket.IO
-//! namespace `/leads` (served by [`crate::engine`] through [`answer`]) and
-//! on the plain WebSocket `/ws/leads/` ([`ws`]).
+//! namespace `/leads` ([`sio`], through [`answer`]) and on the plain
+//! WebSocket `/ws/leads/` ([`ws`]).
 //!
 //! Every connected client is registered with the page and filter it looks
 //! at. When leads change (a crawler's `leads_updated`), the pusher groups the
@@ -11,6 +11,7 @@
 //! that started before the change cannot refill it (single flight per
 //! change).
 
+pub mod sio;
 pub mod ws;
 
 use std::collections::{HashMap, HashSet};
@@ -33,7 +34,7 @@ use tracing::{debug, error, warn};
 
 use crate::App;
 use crate::auth::Principal;
-use crate::engine::Socket;
+use socketioxide::extract::SocketRef;
 use crate::fanout::Fanout;
 use crate::limits::Bucket;
 use crate::metrics::Metrics;
@@ -84,7 +85,7 @@ impl Frame {
 /// Where a client's frames go.
 pub enum Sink {
     /// A socket of namespace `/leads`.
-    Socket(Socket),
+    Socket(SocketRef),
     WebSocket(mpsc::Sender<Frame>),
 }
 
@@ -126,18 +127,33 @@ pub struct LeadsSession {
 
 impl LeadsSession {
     /// A session with a fresh client id, not yet registered.
-    pub fn new(app: &App, principal: Principal, slot: Arc<crate::UserSlot>) -> Arc<Self> {
-        Arc::new(LeadsSession {
+    pub fn new(app: &App, principal: Principal, slot: Arc<crate::UserSlot>) -> Self {
+        LeadsSession {
             id: app.leads.new_id(),
             principal,
             requests: Mutex::new(Bucket::new(app.limits.event_rate)),
             _slot: slot,
-        })
+        }
+    }
+
+    /// Takes one request from the client's rate; the refusal when it is
+    /// spent.
+    pub fn allow_request(&self, app: &App, event: &str) -> Result<(), Frame> {
+        if lock(&self.requests).take(app.limits.event_rate) {
+            return Ok(());
+        }
+        tracing::info!(
+            client = self.id,
+            event,
+            "Refused a leads request over the rate."
+        );
+        Err(Frame::error(app.limits.too_many_requests()))
     }
 }
 
-/// Answers one event of a `/leads` socket, whichever engine serves it: the
-/// `type` is the event name, the argument the rest of the request.
+/// Answers one event of a `/leads` socket, already counted against its rate
+/// ([`LeadsSession::allow_request`]): the `type` is the event name, the
+/// argument the rest of the request.
 pub async fn answer(
     app: &App,
     client: &LeadsSession,
@@ -145,14 +161,6 @@ pub async fn answer(
     event: &str,
     data: Option<serde_json::Value>,
 ) -> Frame {
-    if !lock(&client.requests).take(app.limits.event_rate) {
-        tracing::info!(
-            client = client.id,
-            event,
-            "Refused a leads request over the rate."
-        );
-        return Frame::error(app.limits.too_many_requests());
-    }
     if event == "refresh_token" {
         return match crate::session::refresh_token(
             app,
@@ -181,11 +189,11 @@ pub async fn answer(
 }
 
 /// Sends a frame to a `/leads` socket as the event of its `type`.
-pub fn send(app: &App, socket: &Socket, frame: &Frame) {
+pub fn send(app: &App, socket: &SocketRef, frame: &Frame) {
     let result = socket.emit(frame.kind, &*frame.json);
     app.metrics.message(frame.kind, result.is_ok());
     if let Err(e) = result {
-        warn!(sid = %socket.id(), error = %e, "Dropped a leads message for a socket.");
+        warn!(sid = %socket.id, error = %e, "Dropped a leads message for a socket.");
     }
 }
 
@@ -263,8 +271,9 @@ impl Leads {
         lock(&self.clients).insert(id, client);
     }
 
-    pub fn unregister(&self, id: u64) {
-        lock(&self.clients).remove(&id);
+    /// Forgets a client; `false` if it was not registered.
+    pub fn unregister(&self, id: u64) -> bool {
+        lock(&self.clients).remove(&id).is_some()
     }
 
     /// Clients on the plain WebSocket (those on `/leads` are counted with
