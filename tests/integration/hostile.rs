@@ -187,6 +187,28 @@ async fn floods_above_every_limit_are_refused() {
             .any(|e| e == "too many connection attempts; retry later"),
         "{attempts:?}"
     );
+    // Engine.IO handshakes have a limit of their own, twice as loose: past
+    // it the handshake itself is refused, with 429.
+    let mut handshakes = Vec::new();
+    for _ in 0..40 {
+        let options = leadgate_tests::sio::Connect {
+            auth: Some(json!({ "token": "x" })),
+            ..Default::default()
+        };
+        let refusal = SioClient::try_connect(gw.addr, options)
+            .await
+            .err()
+            .unwrap_or_default();
+        let done = refusal.contains("429");
+        handshakes.push(refusal);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        handshakes.last().is_some_and(|e| e.contains("429")),
+        "{handshakes:?}"
+    );
     for socket in open {
         socket.close().await;
     }

@@ -292,7 +292,7 @@ async fn shutdown_closes_connections_and_finishes(backend: Backend) {
     let first = leads.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("leads_init"));
     // A long-polling client, its GET waiting when the shutdown begins.
-    let (mut polling, _) = super::engine::Polling::open(&gw).await;
+    let (mut polling, _) = super::transports::Polling::open(&gw).await;
     let auth = json!({ "token": gw.token("alice") });
     polling.post(format!("40{auth}")).await;
     assert!(polling.next().await.starts_with("40{"));

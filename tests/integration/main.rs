@@ -24,10 +24,10 @@ macro_rules! on_every_backend {
 }
 
 mod auth;
-mod engine;
 mod fanout;
 mod hostile;
 mod jobs;
 mod leads;
 mod ops;
+mod transports;
 mod worker_api;

@@ -32,9 +32,12 @@
 //!   until a fresh `job-status` fits: it is *lagging*, outside the room.
 //!   socketioxide's broadcast says how many sockets could not take a
 //!   message, not which, so when any member of a room could not, every
-//!   member leaves the room as lagging at the room's last seq; those that
-//!   took the message are sent a fresh `job-status` at the next sweep (at
-//!   most a second later) and join again, the others when it fits.
+//!   member leaves the room, pending as after a gap: each is sent a fresh
+//!   `job-status` (read at once) and the updates after it, and the one that
+//!   could not take it goes lagging. A socket that left the room that way,
+//!   or lagged, is then served one by one for its next [`PROBATION`]
+//!   updates before it may join again, so that a client that stays slow is
+//!   found by its own sends and does not take its room out again.
 //!
 //! Every send, join and leave of a job happens under the job's shard lock,
 //! so the room's membership and `room_seq` always agree.
@@ -59,6 +62,10 @@ use crate::metrics::Metrics;
 const PENDING_BUFFER: usize = 256;
 
 const SHARDS: usize = 64;
+
+/// Updates a socket takes one by one, after it lagged or its room could not
+/// be sent a message, before it may join the room again.
+const PROBATION: u32 = 64;
 
 type Jobs = HashMap<Uuid, Job>;
 
@@ -91,6 +98,8 @@ struct Subscriber {
     /// Tells one subscription of a socket to a job from a later one.
     token: u64,
     state: State,
+    /// Updates still to take one by one before joining the room.
+    probation: u32,
 }
 
 enum State {
@@ -104,7 +113,8 @@ enum State {
         last_sent: Option<i64>,
     },
     /// Up to date at `last_seq`, outside the room: sent updates one by one
-    /// until the room stands at the same seq, then it joins.
+    /// until the room stands at the same seq (and its probation is over),
+    /// then it joins.
     Active { last_seq: i64 },
     /// In the job's room, at the room's seq.
     Joined,
@@ -187,6 +197,7 @@ impl Job {
         for i in 0..self.subs.len() {
             if matches!(self.subs[i].state, State::Joined) {
                 self.leave(job, i, state(room_seq));
+                self.subs[i].probation = PROBATION;
             }
         }
     }
@@ -195,7 +206,9 @@ impl Job {
     /// first one to come fixes the seq of an empty room.
     fn settle(&mut self, job: Uuid) {
         for i in 0..self.subs.len() {
-            if let State::Active { last_seq } = self.subs[i].state {
+            if let State::Active { last_seq } = self.subs[i].state
+                && self.subs[i].probation == 0
+            {
                 match self.room_seq {
                     None => {
                         self.room_seq = Some(last_seq);
@@ -261,6 +274,7 @@ impl Hub {
             socket: socket.clone(),
             token,
             state: State::pending(false),
+            probation: 0,
         });
         token
     }
@@ -307,7 +321,8 @@ impl Hub {
             if self.broadcast(job, entry, "job-status", status) {
                 entry.room_seq = Some(status.seq);
             } else {
-                entry.empty_room(job, |_| lagging(room_seq));
+                // Each is sent the snapshot again, one by one, below.
+                entry.empty_room(job, |_| resync(room_seq));
             }
         }
         let mut again = false;
@@ -337,6 +352,7 @@ impl Hub {
                     *last_seq = status.seq;
                     if !send(&self.metrics, &sub.socket, "job-status", status, job) {
                         sub.state = lagging(before);
+                        sub.probation = PROBATION;
                     }
                 }
                 State::Active { .. } | State::Joined => {}
@@ -402,8 +418,10 @@ impl Hub {
                     *last_seq = update.seq;
                     if send(&self.metrics, &sub.socket, "job-update", update, job) {
                         sent += 1;
+                        sub.probation = sub.probation.saturating_sub(1);
                     } else {
                         sub.state = lagging(before);
+                        sub.probation = PROBATION;
                     }
                 }
                 State::Active { last_seq } if update.seq > *last_seq + 1 => {
@@ -426,7 +444,8 @@ impl Hub {
                     entry.room_seq = Some(update.seq);
                     sent += members;
                 } else {
-                    entry.empty_room(job, |_| lagging(room_seq));
+                    entry.empty_room(job, |_| resync(room_seq));
+                    gap = true;
                 }
             } else if update.seq > room_seq + 1 {
                 tracing::debug!(job = %job, room_seq, seq = update.seq, "Gap in a job's events; refreshing its room.");
@@ -448,7 +467,7 @@ impl Hub {
 
     /// Broadcasts one message to the job's room, encoded once. `false` when
     /// a member's queue was full: who is not known, so the caller takes
-    /// every member out (see the module docs). Sockets that closed
+    /// every member out to be resynced (see the module docs). Sockets that closed
     /// meanwhile are not counted; their disconnect ends their subscription.
     fn broadcast<T: serde::Serialize>(
         &self,
@@ -470,7 +489,9 @@ impl Hub {
             .now_or_never()
             .unwrap_or_else(|| {
                 tracing::error!(job = %job, event, "A room broadcast did not complete at once.");
-                Err(BroadcastError::Socket(vec![SocketError::InternalChannelFull]))
+                Err(BroadcastError::Socket(vec![
+                    SocketError::InternalChannelFull,
+                ]))
             });
         match result {
             Ok(()) => {
@@ -486,7 +507,7 @@ impl Hub {
                 self.metrics
                     .broadcast(event, members.saturating_sub(full + closed), full + closed);
                 if full > 0 {
-                    tracing::warn!(job = %job, event, sockets = full, members, "Sockets of a job's room could not take a message; the room's members get a fresh job-status.");
+                    tracing::warn!(job = %job, event, sockets = full, members, "Sockets of a job's room could not take a message; its members are sent a fresh job-status.");
                 }
                 full == 0
             }
@@ -590,6 +611,7 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
         previous => {
             if !send(metrics, &sub.socket, "job-status", status, status.job_id) {
                 sub.state = lagging(previous.unwrap_or(-1));
+                sub.probation = PROBATION;
                 return;
             }
             status.seq
@@ -599,6 +621,7 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
         if update.seq == last_seq + 1 {
             if !send(metrics, &sub.socket, "job-update", &update, update.job_id) {
                 sub.state = lagging(last_seq);
+                sub.probation = PROBATION;
                 return;
             }
             last_seq = update.seq;
@@ -608,6 +631,17 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
         }
     }
     sub.state = State::Active { last_seq };
+}
+
+/// A member taken out of a room that could not be sent a message, to be
+/// sent a fresh snapshot: pending, as after a gap.
+fn resync(room_seq: i64) -> State {
+    State::Pending {
+        authorized: true,
+        buffer: Vec::new(),
+        overflowed: false,
+        last_sent: Some(room_seq),
+    }
 }
 
 fn lagging(last_sent: i64) -> State {

@@ -124,8 +124,9 @@ impl MessageHandler<LocalAdapter, Events> for Events {
                 tokio::spawn(serve(app.clone(), socket, client.clone()));
             }
             Pushed::Queued => {}
-            Pushed::Full => {
-                let _ = refuse(&socket, event, &app.limits.too_many_requests());
+            Pushed::Full(request) => {
+                let answer = refuse(&socket, event, &app.limits.too_many_requests());
+                let _ = request.ack.send(&answer);
             }
         }
     }

@@ -340,7 +340,14 @@ pub async fn run(
             slow_client_grace: Duration::from_secs(config.slow_client_grace),
         },
         connect_attempts: limits::Buckets::new(connect_rate),
-        handshake_attempts: limits::Buckets::new(connect_rate),
+        // A connection is one Engine.IO handshake and one Socket.IO connect
+        // per namespace; the handshake limit is the looser, so that a
+        // refused connect is told why (`connect_error`) before its
+        // handshakes are refused outright.
+        handshake_attempts: limits::Buckets::new(limits::Rate {
+            per_second: connect_rate.per_second * 2.0,
+            burst: connect_rate.burst * 2.0,
+        }),
         user_connections: Arc::new(limits::PerUser::new(config.max_connections_per_user)),
         draining: AtomicBool::new(false),
         stopping: CancellationToken::new(),
@@ -354,7 +361,10 @@ pub async fn run(
     // socketioxide, which takes every request to `/socket.io/`.
     let mut router = http::router(app.clone(), config.max_http_body)
         .layer(layer)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), sio::front));
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            sio::front,
+        ));
     if !config.allowed_origins.is_empty() {
         router = router.layer(cors(&config.allowed_origins));
     }

@@ -25,13 +25,13 @@ struct Inner<R> {
 
 /// What [`Requests::push`] did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Pushed {
+pub enum Pushed<R> {
     /// Queued into an idle queue: the caller starts the task that serves it.
     Start,
     /// Queued behind others; the running task will serve it.
     Queued,
-    /// Refused: [`LIMIT`] requests wait already.
-    Full,
+    /// Refused, and given back: [`LIMIT`] requests wait already.
+    Full(R),
 }
 
 impl<R> Requests<R> {
@@ -56,10 +56,10 @@ impl<R> Requests<R> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, request: R) -> Pushed {
+    pub fn push(&self, request: R) -> Pushed<R> {
         let mut inner = self.inner();
         if inner.queue.len() >= LIMIT {
-            return Pushed::Full;
+            return Pushed::Full(request);
         }
         inner.queue.push_back(request);
         if inner.running {
@@ -115,9 +115,9 @@ mod tests {
     fn a_full_queue_refuses() {
         let requests = Requests::new();
         for i in 0..LIMIT {
-            assert_ne!(requests.push(i), Pushed::Full);
+            assert_ne!(requests.push(i), Pushed::Full(i));
         }
-        assert_eq!(requests.push(LIMIT), Pushed::Full);
+        assert_eq!(requests.push(LIMIT), Pushed::Full(LIMIT));
         assert_eq!(requests.next(), Some(0));
         assert_eq!(requests.push(LIMIT), Pushed::Queued);
     }

@@ -82,11 +82,7 @@ pub fn admit(
 /// session (a GET with a `transport` and no `sid`) counts against the
 /// address's connection rate, and is answered `429` over it; every request
 /// is then [compacted](compact).
-pub async fn front(
-    State(app): State<App>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn front(State(app): State<App>, request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with(PATH) {
         return next.run(request).await;
     }

@@ -34,11 +34,11 @@ use tracing::{debug, error, warn};
 
 use crate::App;
 use crate::auth::Principal;
-use socketioxide::extract::SocketRef;
 use crate::fanout::Fanout;
 use crate::limits::Bucket;
 use crate::metrics::Metrics;
 use crate::session::TokenExpiry;
+use socketioxide::extract::SocketRef;
 
 /// How long the pusher waits after a change for more changes, so that a
 /// burst of crawler updates costs one round of queries.

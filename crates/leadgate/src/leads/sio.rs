@@ -26,7 +26,10 @@ pub struct Client {
 enum Request {
     /// `leads_init` for the page the client looks at, ahead of any answer.
     Init,
-    Event { event: String, data: Option<Value> },
+    Event {
+        event: String,
+        data: Option<Value>,
+    },
 }
 
 /// Connect middleware: authenticates the client and wires its handlers
@@ -101,7 +104,7 @@ impl MessageHandler<LocalAdapter, Events> for Events {
                 tokio::spawn(serve(app.clone(), socket, client.clone()));
             }
             Pushed::Queued => {}
-            Pushed::Full => {
+            Pushed::Full(_) => {
                 info!(sid = %socket.id, "Refused a leads request: too many waiting.");
                 super::send(app, &socket, &Frame::error(app.limits.too_many_requests()));
             }
