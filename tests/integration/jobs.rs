@@ -16,6 +16,7 @@ on_every_backend!(
     bad_job_ids_get_a_clear_error_and_the_socket_stays_usable,
     state_survives_a_restart,
     shutdown_closes_connections_and_finishes,
+    shutdown_is_not_held_up_by_a_client_that_does_not_read,
 );
 
 fn progress(n: u32) -> Value {
@@ -274,6 +275,42 @@ async fn state_survives_a_restart(backend: Backend) {
     let (code, body) = gw.post_event(job, progress(31)).await;
     assert_eq!((code, body["seq"].clone()), (202, json!(3)));
     gw.shutdown().await;
+}
+
+/// A client that has stopped reading cannot hold a shutdown up: the gateway
+/// drains within its grace period, and the others are closed at once.
+async fn shutdown_is_not_held_up_by_a_client_that_does_not_read(backend: Backend) {
+    let db = leadgate_tests::TestDb::new(backend).await;
+    let mut gw = Gateway::start_on(db, &["--shutdown-grace", "3", "--socket-buffer", "16"]).await;
+    let job = gw.create_job("alice").await;
+    let mut stuck = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    stuck.emit_ack("subscribe-job", json!(job)).await;
+    stuck.expect("job-status").await;
+    let mut reading = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    reading.emit_ack("subscribe-job", json!(job)).await;
+    reading.expect("job-status").await;
+    // Enough to fill the kernel's buffers and the stuck client's queue; the
+    // stuck client reads none of it.
+    let line = "x".repeat(16 * 1024);
+    for _ in 0..400 {
+        let event = json!({ "type": "log", "log": { "level": "info", "message": line } });
+        gw.post_event(job, event).await;
+    }
+    let drain = tokio::spawn(async move {
+        while reading.next_event(Duration::from_secs(1)).await.is_some() {}
+        reading
+    });
+    let started = std::time::Instant::now();
+    let db = tokio::time::timeout(Duration::from_secs(8), gw.stop())
+        .await
+        .expect("the gateway stops within its grace period");
+    println!("shutdown took {} ms", started.elapsed().as_millis());
+    let mut reading = drain.await.unwrap();
+    assert!(reading.closed_within(Duration::from_secs(2)).await);
+    drop(stuck);
+    if let Some(mut db) = db {
+        db.drop_now().await;
+    }
 }
 
 async fn shutdown_closes_connections_and_finishes(backend: Backend) {

@@ -266,12 +266,8 @@ pub async fn run_resync_sender(fanout: Arc<Fanout>, cancel: CancellationToken) {
 /// Once a second, looks after sockets that could not take their messages
 /// (see `Hub::sweep`): those lagging for longer than `grace` are told why and
 /// disconnected, until `cancel`.
-pub async fn run_sweeper(
-    hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
-    grace: Duration,
-    cancel: CancellationToken,
-) {
+pub async fn run_sweeper(app: crate::App, grace: Duration, cancel: CancellationToken) {
+    let (hub, metrics) = (app.hub.clone(), app.metrics.clone());
     // Sockets being evicted, and whether they were told why: the message
     // and the disconnect go out as soon as they fit in the socket's queue.
     let mut evicting: Vec<(socketioxide::extract::SocketRef, bool)> = Vec::new();
@@ -289,6 +285,9 @@ pub async fn run_sweeper(
             }
             warn!(sid = %socket.id, grace_secs = grace.as_secs(), "Disconnecting a client that has not taken its messages.");
             metrics.slow_clients.inc();
+            // Its subscriptions are gone with the sweep; its session goes
+            // now, whenever socketioxide lets the socket go.
+            crate::sio::forget(&app, &socket);
             evicting.push((socket, false));
         }
         // A socket that went away meanwhile is forgotten. The others are

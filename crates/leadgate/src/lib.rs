@@ -306,12 +306,6 @@ pub async fn run(
         tasks.clone(),
     )));
     background.push(tokio::spawn(leads.clone().run_pusher(tasks.clone())));
-    background.push(tokio::spawn(fanout::run_sweeper(
-        hub.clone(),
-        metrics.clone(),
-        Duration::from_secs(config.slow_client_grace),
-        tasks.clone(),
-    )));
 
     let connect_rate = limits::Rate {
         per_second: f64::from(config.connect_rate),
@@ -369,6 +363,11 @@ pub async fn run(
         router = router.layer(cors(&config.allowed_origins));
     }
     background.push(tokio::spawn(run_expiry(app.clone(), tasks.clone())));
+    background.push(tokio::spawn(fanout::run_sweeper(
+        app.clone(),
+        Duration::from_secs(config.slow_client_grace),
+        tasks.clone(),
+    )));
 
     // Shutdown, in order: report not ready (load balancers stop sending
     // new clients), stop accepting, then close every client's transport.

@@ -19,8 +19,8 @@ pub struct Session {
     /// Set when the socket ends, before its subscriptions are ended.
     closed: AtomicBool,
     requests: Mutex<Bucket>,
-    /// The user's connection slot, given back with the session.
-    _slot: Arc<UserSlot>,
+    /// The user's connection slot, given back when the session closes.
+    slot: Mutex<Option<Arc<UserSlot>>>,
 }
 
 impl Session {
@@ -30,7 +30,7 @@ impl Session {
             jobs: Mutex::default(),
             closed: AtomicBool::new(false),
             requests: Mutex::new(Bucket::new(rate)),
-            _slot: slot,
+            slot: Mutex::new(Some(slot)),
         }
     }
 
@@ -66,6 +66,9 @@ impl Session {
     /// subscription, for disconnect.
     pub fn close(&self) -> Vec<Uuid> {
         self.closed.store(true, Ordering::SeqCst);
+        // The connection may outlive this (a client that does not read keeps
+        // its socket until its write ends); its slot goes now.
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
         self.jobs().drain().collect()
     }
 

@@ -121,8 +121,8 @@ pub struct LeadsSession {
     pub id: u64,
     pub principal: Principal,
     requests: Mutex<Bucket>,
-    /// The user's connection slot, given back with the session.
-    _slot: Arc<crate::UserSlot>,
+    /// The user's connection slot, given back when the client is let go.
+    slot: Mutex<Option<Arc<crate::UserSlot>>>,
 }
 
 impl LeadsSession {
@@ -132,8 +132,14 @@ impl LeadsSession {
             id: app.leads.new_id(),
             principal,
             requests: Mutex::new(Bucket::new(app.limits.event_rate)),
-            _slot: slot,
+            slot: Mutex::new(Some(slot)),
         }
+    }
+
+    /// Gives the user's connection slot back, when the gateway lets the
+    /// client go before its socket is gone.
+    pub fn release(&self) {
+        lock(&self.slot).take();
     }
 
     /// Takes one request from the client's rate; the refusal when it is

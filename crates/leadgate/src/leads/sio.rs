@@ -135,6 +135,7 @@ async fn on_disconnect(socket: SocketRef, State(app): State<App>, reason: Discon
 /// time.
 pub(crate) fn leave(app: &App, socket: &SocketRef) -> Option<String> {
     let client = socket.extensions.get::<Arc<Client>>()?;
+    client.session.release();
     app.leads
         .unregister(client.session.id)
         .then(|| client.session.principal.sub.clone())
