@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Benchmarks leadgate against the Node.js Socket.IO server it replaces, every
-# scenario on both in one run, and prints the figures side by side.
+# Benchmarks leadgate against a bare socketioxide server (what leadgate is
+# built on) and the Node.js Socket.IO server it replaces, every scenario on
+# all three in one run, and prints the figures side by side.
 #
-#   crates/leadgate-bench/run.sh            the full run (about 15 minutes)
+#   crates/leadgate-bench/run.sh            the full run (over 20 minutes)
 #   crates/leadgate-bench/run.sh --quick    a short run that checks the benchmark works
 #
 # Needs PostgreSQL and Redis (LEADGATE_BENCH_DATABASE_URL,
@@ -11,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 profile=${BENCH_PROFILE:-release}
+# leadgate-bench's binaries: the benchmark and bare-socketioxide.
 cargo build --profile "$profile" -p leadgate -p leadgate-bench
 dir=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
 
@@ -19,4 +21,5 @@ if [ ! -d "$peer/node_modules" ] || [ "$peer/package-lock.json" -nt "$peer/node_
     (cd "$peer" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-exec "$dir/leadgate-bench" --leadgate-bin "$dir/leadgate" "$@"
+exec "$dir/leadgate-bench" --leadgate-bin "$dir/leadgate" \
+    --socketioxide-bin "$dir/bare-socketioxide" "$@"

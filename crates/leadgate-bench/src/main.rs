@@ -1,7 +1,9 @@
-//! `leadgate-bench`: runs the same Socket.IO load against leadgate and the
-//! Node.js Socket.IO server it replaces, in one run, and prints both side by
-//! side with their ratios. `crates/leadgate-bench/run.sh` builds what it
-//! needs and starts it; BENCHMARKS.md has the figures.
+//! `leadgate-bench`: runs the same Socket.IO load against leadgate, a bare
+//! socketioxide server (what leadgate is built on, without leadgate's own
+//! code) and the Node.js Socket.IO server leadgate replaces, in one run, and
+//! prints the three side by side with leadgate's ratios to the other two.
+//! `crates/leadgate-bench/run.sh` builds what it needs and starts it;
+//! BENCHMARKS.md has the figures.
 
 mod clients;
 mod probe;
@@ -22,7 +24,7 @@ use crate::scenarios::{Bench, Results, Settings};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Benchmarks leadgate against the Node.js Socket.IO peer"
+    about = "Benchmarks leadgate against bare socketioxide and the Node.js Socket.IO peer"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,7 +36,11 @@ struct Cli {
     quick: bool,
 
     /// Which gateways to measure.
-    #[arg(long, value_delimiter = ',', default_values = ["leadgate", "node"])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = ["leadgate", "socketioxide", "node"]
+    )]
     gateways: Vec<Gateway>,
 
     /// Which scenarios to run.
@@ -54,14 +60,20 @@ struct Cli {
     #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     fanout_in_flight: Vec<u64>,
 
-    /// Worker threads of each leadgate instance, instead of its share of
-    /// the cores (the cores divided by the instances running at once).
+    /// Worker threads of each leadgate and bare socketioxide instance,
+    /// instead of its share of the cores (the cores divided by the
+    /// instances running at once).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     leadgate_threads: Option<u16>,
 
     /// The leadgate binary; by default the one beside this program.
     #[arg(long)]
     leadgate_bin: Option<PathBuf>,
+
+    /// The bare socketioxide server; by default `bare-socketioxide` beside
+    /// this program.
+    #[arg(long)]
+    socketioxide_bin: Option<PathBuf>,
 
     /// The Node.js peer's folder (with its node_modules installed).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/node-peer"))]
@@ -99,6 +111,9 @@ enum Internal {
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Gateway {
     Leadgate,
+    /// The bare socketioxide server.
+    Socketioxide,
+    /// The Node.js Socket.IO peer.
     Node,
 }
 
@@ -145,6 +160,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// A program in the folder of this one (cargo builds a workspace's binaries
+/// into one folder).
+fn beside_this_program(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .with_context(|| format!("locating the {name} binary"))?
+        .join(name))
+}
+
 /// Runs every chosen scenario on every chosen gateway; `Ok(false)` when
 /// leadgate lost, duplicated or refused anything.
 async fn compare(cli: Cli) -> anyhow::Result<bool> {
@@ -162,15 +186,22 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
     settings.leadgate_threads = cli.leadgate_threads.map(usize::from);
     let leadgate_bin = match cli.leadgate_bin {
         Some(path) => path,
-        None => std::env::current_exe()?
-            .parent()
-            .context("locating the leadgate binary")?
-            .join("leadgate"),
+        None => beside_this_program("leadgate")?,
     };
     if cli.gateways.contains(&Gateway::Leadgate) && !leadgate_bin.exists() {
         anyhow::bail!(
             "no leadgate binary at {}; build it with `cargo build --release -p leadgate`",
             leadgate_bin.display()
+        );
+    }
+    let socketioxide_bin = match cli.socketioxide_bin {
+        Some(path) => path,
+        None => beside_this_program("bare-socketioxide")?,
+    };
+    if cli.gateways.contains(&Gateway::Socketioxide) && !socketioxide_bin.exists() {
+        anyhow::bail!(
+            "no bare socketioxide server at {}; build it with `cargo build --release -p leadgate-bench`",
+            socketioxide_bin.display()
         );
     }
     if cli.gateways.contains(&Gateway::Node) && !cli.peer_dir.join("node_modules").exists() {
@@ -197,6 +228,7 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
     let jobs = scenarios::seed_jobs(&cli.database_url, settings.jobs).await?;
     let env = Environment {
         leadgate_bin,
+        socketioxide_bin,
         peer_dir: cli.peer_dir,
         database_url: cli.database_url,
         redis_url: cli.redis_url,
@@ -210,13 +242,14 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
         .iter()
         .map(|gateway| match gateway {
             Gateway::Leadgate => Kind::Leadgate,
+            Gateway::Socketioxide => Kind::Socketioxide,
             Gateway::Node => Kind::Node,
         })
         .collect();
     let mut run = Run::new(cli.quick, bench.settings.clone());
 
     // Scenario by scenario, each gateway in turn, so that a slow drift of
-    // the machine touches both alike.
+    // the machine touches all alike.
     for (scenario, upgrade) in [(Scenario::Idle, false), (Scenario::IdleUpgrade, true)] {
         if !cli.scenarios.contains(&scenario) {
             continue;
@@ -259,9 +292,10 @@ async fn compare(cli: Cli) -> anyhow::Result<bool> {
     print!("{}", run.table());
     std::fs::write(&cli.json, serde_json::to_vec_pretty(&run)?)?;
     eprintln!("results written to {}", cli.json.display());
-    // The peer's faults are reported with its figures; leadgate's fail the
-    // run. A scenario that cannot run at all (a gateway that does not start,
-    // fan-out clients that cannot all connect) has stopped it already.
+    // The other gateways' faults are reported with their figures;
+    // leadgate's fail the run. A scenario that cannot run at all (a gateway
+    // that does not start, fan-out clients that cannot all connect) has
+    // stopped it already.
     let clean = run
         .gateways
         .get(Kind::Leadgate.name())

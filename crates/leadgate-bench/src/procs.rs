@@ -21,13 +21,21 @@ use crate::clients::{Command, Plan, Report, Stats};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Leadgate,
+    /// The bare socketioxide server (`src/bin/bare-socketioxide.rs`): what
+    /// leadgate is built on, without leadgate.
+    Socketioxide,
+    /// The Node.js Socket.IO peer (`node-peer/server.mjs`).
     Node,
 }
 
 impl Kind {
+    /// Every gateway, in the order the table shows them.
+    pub const ALL: [Kind; 3] = [Kind::Leadgate, Kind::Socketioxide, Kind::Node];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Leadgate => "leadgate",
+            Kind::Socketioxide => "socketioxide",
             Kind::Node => "node",
         }
     }
@@ -37,6 +45,7 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct Environment {
     pub leadgate_bin: PathBuf,
+    pub socketioxide_bin: PathBuf,
     pub peer_dir: PathBuf,
     pub database_url: String,
     pub redis_url: String,
@@ -54,8 +63,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts a gateway on `port` (leadgate with `threads` worker threads)
-    /// and waits until it completes an Engine.IO handshake.
+    /// Starts a gateway on `port` (leadgate and the bare socketioxide
+    /// server with `threads` worker threads) and waits until it completes an
+    /// Engine.IO handshake.
     pub async fn start(
         kind: Kind,
         port: u16,
@@ -80,6 +90,17 @@ impl Server {
                     // addresses, which the per-address limit is not for; the
                     // peer has no such limit.
                     .env("LEADGATE_CONNECT_RATE", "1000000");
+                command
+            }
+            Kind::Socketioxide => {
+                let mut command = tokio::process::Command::new(&env.socketioxide_bin);
+                command
+                    .env("LISTEN", addr.to_string())
+                    .env("DATABASE_URL", &env.database_url)
+                    .env("REDIS_URL", &env.redis_url)
+                    .env("REDIS_PREFIX", &env.redis_prefix)
+                    .env("JWT_SECRET", &env.jwt_secret)
+                    .env("WORKER_THREADS", threads.to_string());
                 command
             }
             Kind::Node => {

@@ -7,14 +7,14 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::procs::Kind;
-use crate::scenarios::{FanoutResult, IdleResult, Results, Settings};
+use crate::scenarios::{FanoutResult, IdleResult, LatencyResult, Results, Settings};
 
 #[derive(Debug, Serialize)]
 pub struct Run {
     pub quick: bool,
     pub machine: Machine,
     pub settings: Settings,
-    /// By gateway name: `leadgate`, `node`.
+    /// By gateway name: `leadgate`, `socketioxide`, `node`.
     pub gateways: BTreeMap<&'static str, Results>,
 }
 
@@ -97,65 +97,47 @@ impl Run {
         self.gateways.entry(kind.name()).or_default()
     }
 
-    /// The readable table: a row per figure, both gateways, their ratio and
-    /// the target it is held to.
+    /// The readable table: a row per figure, every gateway, leadgate's
+    /// ratios to the Node.js peer and to bare socketioxide, and the target
+    /// the first is held to.
     pub fn table(&self) -> String {
         let empty = Results::default();
-        let lg = self.gateways.get("leadgate").unwrap_or(&empty);
-        let node = self.gateways.get("node").unwrap_or(&empty);
-        let mut rows: Vec<(String, Option<f64>, Option<f64>, Target)> = Vec::new();
+        let results = Kind::ALL.map(|kind| self.gateways.get(kind.name()).unwrap_or(&empty));
+        let mut rows = Rows::default();
         for (name, upgraded) in [("idle", false), ("idle, upgraded", true)] {
             for &n in &self.settings.idle_sizes {
-                let find = |r: &Results| {
-                    idle_results(r, upgraded)
-                        .iter()
-                        .find(|idle| idle.requested == n)
-                        .map(|idle| idle.kib_per_connection)
-                };
-                let (lg_kib, node_kib) = (find(lg), find(node));
-                if lg_kib.is_some() || node_kib.is_some() {
-                    rows.push((
-                        format!("{name}: KiB RSS per connection, N={n}"),
-                        lg_kib,
-                        node_kib,
-                        Target::RatioAtMost(0.5),
-                    ));
-                }
+                rows.push(
+                    format!("{name}: KiB RSS per connection, N={n}"),
+                    results.map(|r| {
+                        idle_results(r, upgraded)
+                            .iter()
+                            .find(|idle| idle.requested == n)
+                            .map(|idle| idle.kib_per_connection)
+                    }),
+                    Target::RatioAtMost(0.5),
+                );
             }
         }
-        if lg.connect.is_some() || node.connect.is_some() {
-            rows.push((
-                "connect: authenticated connects/s".into(),
-                lg.connect.as_ref().map(|c| c.per_second),
-                node.connect.as_ref().map(|c| c.per_second),
-                Target::RatioAtLeast(3.0),
-            ));
-            rows.push((
-                "connect: server CPU µs per connect".into(),
-                lg.connect.as_ref().map(|c| c.server_cpu_us_per_connect),
-                node.connect.as_ref().map(|c| c.server_cpu_us_per_connect),
-                Target::None,
-            ));
-        }
+        let connect = results.map(|r| r.connect.as_ref());
+        rows.push(
+            "connect: authenticated connects/s".into(),
+            connect.map(|c| c.map(|c| c.per_second)),
+            Target::RatioAtLeast(3.0),
+        );
+        rows.push(
+            "connect: server CPU µs per connect".into(),
+            connect.map(|c| c.map(|c| c.server_cpu_us_per_connect)),
+            Target::None,
+        );
         for &per_client in &self.settings.fanout_in_flight {
-            let find = |r: &Results| {
+            let fanout = results.map(|r| {
                 r.fanout
                     .iter()
                     .find(|f| f.in_flight_per_client == per_client)
-                    .cloned()
-            };
-            let (lg_f, node_f) = (find(lg), find(node));
-            if lg_f.is_none() && node_f.is_none() {
-                continue;
-            }
+            });
             let name = format!("fan-out, {per_client} in flight per client");
             let mut row = |label: String, get: fn(&FanoutResult) -> f64, target| {
-                rows.push((
-                    label,
-                    lg_f.as_ref().map(get),
-                    node_f.as_ref().map(get),
-                    target,
-                ));
+                rows.push(label, fanout.map(|f| f.map(get)), target);
             };
             row(
                 format!("{name}: deliveries/s"),
@@ -188,83 +170,41 @@ impl Run {
                 Target::None,
             );
         }
-        if lg.latency.is_some() || node.latency.is_some() {
-            let l = |r: &Results, get: fn(&crate::scenarios::LatencyResult) -> f64| {
-                r.latency.as_ref().map(get)
-            };
-            let rate = self.settings.latency_rate;
-            rows.push((
-                format!("latency at {rate}/s: deliveries/s"),
-                l(lg, |l| l.delivered_per_second),
-                l(node, |l| l.delivered_per_second),
-                Target::None,
-            ));
-            for (name, get, target) in [
-                (
-                    "p50",
-                    (|l: &crate::scenarios::LatencyResult| l.p50_ms) as fn(&_) -> f64,
-                    Target::None,
-                ),
-                ("p90", |l| l.p90_ms, Target::None),
-                ("p99", |l| l.p99_ms, Target::ValueAtMost(10.0)),
-                ("max", |l| l.max_ms, Target::None),
-                (
-                    "the machine's wake-up delay, p99",
-                    |l| l.wakeup_delay_p99_ms,
-                    Target::Machine,
-                ),
-                (
-                    "the machine's wake-up delay, max",
-                    |l| l.wakeup_delay_max_ms,
-                    Target::Machine,
-                ),
-            ] {
-                rows.push((
-                    format!("latency at {rate}/s: {name} ms"),
-                    l(lg, get),
-                    l(node, get),
-                    target,
-                ));
-            }
-        }
-
-        let width = rows
-            .iter()
-            .map(|row| row.0.chars().count())
-            .max()
-            .unwrap_or(0);
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "\n{:<width$} {:>12} {:>12} {:>9}  target",
-            "", "leadgate", "node", "ratio"
+        let latency = results.map(|r| r.latency.as_ref());
+        let rate = self.settings.latency_rate;
+        rows.push(
+            format!("latency at {rate}/s: deliveries/s"),
+            latency.map(|l| l.map(|l| l.delivered_per_second)),
+            Target::None,
         );
-        for (name, lg, node, target) in rows {
-            let ratio = match (lg, node, &target) {
-                (_, _, Target::Machine) => None,
-                (Some(a), Some(b), _) if b != 0.0 => Some(a / b),
-                _ => None,
-            };
-            let verdict = match target {
-                Target::RatioAtMost(max) => {
-                    format!("≤ {max}× {}", mark(ratio.map(|r| r <= max)))
-                }
-                Target::RatioAtLeast(min) => {
-                    format!("≥ {min}× {}", mark(ratio.map(|r| r >= min)))
-                }
-                Target::ValueAtMost(max) => format!("≤ {max} {}", mark(lg.map(|v| v <= max))),
-                Target::None | Target::Machine => String::new(),
-            };
-            let _ = writeln!(
-                out,
-                "{:<width$} {:>12} {:>12} {:>9}  {}",
-                name,
-                figure(lg),
-                figure(node),
-                ratio.map_or("-".into(), |r| format!("{r:.2}×")),
-                verdict
+        for (name, get, target) in [
+            (
+                "p50",
+                (|l: &LatencyResult| l.p50_ms) as fn(&_) -> f64,
+                Target::None,
+            ),
+            ("p90", |l| l.p90_ms, Target::None),
+            ("p99", |l| l.p99_ms, Target::ValueAtMost(10.0)),
+            ("max", |l| l.max_ms, Target::None),
+            (
+                "the machine's wake-up delay, p99",
+                |l| l.wakeup_delay_p99_ms,
+                Target::Machine,
+            ),
+            (
+                "the machine's wake-up delay, max",
+                |l| l.wakeup_delay_max_ms,
+                Target::Machine,
+            ),
+        ] {
+            rows.push(
+                format!("latency at {rate}/s: {name} ms"),
+                latency.map(|l| l.map(get)),
+                target,
             );
         }
+
+        let mut out = rows.render();
         for (name, results) in &self.gateways {
             if !results.faults.is_clean() {
                 let _ = writeln!(out, "faults of {name}: {:?}", results.faults);
@@ -278,6 +218,76 @@ impl Run {
         }
         out
     }
+}
+
+/// The rows of the table, each with a figure of every gateway in
+/// [`Kind::ALL`]'s order.
+#[derive(Default)]
+struct Rows(Vec<(String, [Option<f64>; 3], Target)>);
+
+impl Rows {
+    /// Adds a row, unless no gateway has that figure (a scenario not run).
+    fn push(&mut self, name: String, figures: [Option<f64>; 3], target: Target) {
+        if figures.iter().any(Option::is_some) {
+            self.0.push((name, figures, target));
+        }
+    }
+
+    /// The rows as text, under a heading, with a line saying what the
+    /// ratios are.
+    fn render(self) -> String {
+        let width = self
+            .0
+            .iter()
+            .map(|row| row.0.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n{:<width$} {:>12} {:>12} {:>12} {:>9} {:>9}  target",
+            "", "leadgate", "socketioxide", "node", "lg/node", "lg/sio"
+        );
+        for (name, [lg, sio, node], target) in self.0 {
+            let ratio = |other: Option<f64>| match (lg, other, &target) {
+                (_, _, Target::Machine) => None,
+                (Some(a), Some(b), _) if b != 0.0 => Some(a / b),
+                _ => None,
+            };
+            let (to_node, to_sio) = (ratio(node), ratio(sio));
+            let verdict = match target {
+                Target::RatioAtMost(max) => {
+                    format!("≤ {max}× {}", mark(to_node.map(|r| r <= max)))
+                }
+                Target::RatioAtLeast(min) => {
+                    format!("≥ {min}× {}", mark(to_node.map(|r| r >= min)))
+                }
+                Target::ValueAtMost(max) => format!("≤ {max} {}", mark(lg.map(|v| v <= max))),
+                Target::None | Target::Machine => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<width$} {:>12} {:>12} {:>12} {:>9} {:>9}  {}",
+                name,
+                figure(lg),
+                figure(sio),
+                figure(node),
+                times(to_node),
+                times(to_sio),
+                verdict
+            );
+        }
+        let _ = writeln!(
+            out,
+            "lg/node, lg/sio: leadgate's figure divided by the Node.js peer's, and by bare \
+             socketioxide's; the ratio targets are on lg/node."
+        );
+        out
+    }
+}
+
+fn times(ratio: Option<f64>) -> String {
+    ratio.map_or("-".into(), |r| format!("{r:.2}×"))
 }
 
 fn figure(value: Option<f64>) -> String {

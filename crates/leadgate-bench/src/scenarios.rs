@@ -1,4 +1,4 @@
-//! The scenarios, each run the same way against either gateway.
+//! The scenarios, each run the same way against every gateway.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -30,8 +30,8 @@ pub struct Settings {
     pub latency_rate: u64,
     /// Connections one client process holds at most.
     pub per_process: usize,
-    /// Worker threads of each leadgate instance; `None` gives each its
-    /// share of the cores.
+    /// Worker threads of each leadgate and bare socketioxide instance;
+    /// `None` gives each its share of the cores.
     pub leadgate_threads: Option<usize>,
 }
 
@@ -388,9 +388,10 @@ impl Bench {
     }
 
     /// Starts one of `instances` gateways that share this machine. Unless
-    /// the settings say otherwise, each leadgate instance gets its share of
-    /// the cores as threads, as an operator would configure them; a peer
-    /// instance is one Node.js process, one thread, whatever it is given.
+    /// the settings say otherwise, each leadgate or bare socketioxide
+    /// instance gets its share of the cores as threads, as an operator
+    /// would configure them; a peer instance is one Node.js process, one
+    /// thread, whatever it is given.
     async fn start(&mut self, kind: Kind, instances: usize) -> anyhow::Result<Server> {
         let port = self.port();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

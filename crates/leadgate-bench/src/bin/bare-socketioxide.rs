@@ -144,6 +144,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGTERM (how the benchmark stops a gateway) or SIGINT.
 async fn stop_signal() -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
@@ -161,7 +162,9 @@ async fn authenticate(
     TryData(auth): TryData<Auth>,
     State(tokens): State<Arc<Tokens>>,
 ) -> Result<(), &'static str> {
-    let token = auth.map_err(|_| "authentication required: missing token")?.token;
+    let token = auth
+        .map_err(|_| "authentication required: missing token")?
+        .token;
     let claims = jsonwebtoken::decode::<Claims>(&token, &tokens.key, &tokens.validation)
         .map_err(|_| "invalid token")?
         .claims;
