@@ -1,9 +1,11 @@
 //! Memory with clients that never read: starts the gateway binary, connects
 //! 1,000 Socket.IO clients subscribed to 10 jobs, lets them stop reading,
-//! then posts job events (log lines of `bytes`) for 50 seconds, past the
-//! slow-client grace period (20 s here), and prints the gateway's resident
-//! memory every few seconds, with the messages it dropped and the clients it
-//! evicted. Memory must stay flat: every per-socket queue is bounded.
+//! then posts job events (log lines of `bytes`) for 80 seconds, past the
+//! slow-client grace period (20 s here) and the heartbeat's timeout, and
+//! prints the gateway's resident memory every few seconds, with the
+//! messages it dropped, the clients it evicted, the Socket.IO sockets it
+//! still counts and the files (connections) it has open. Memory must stay
+//! flat: every per-socket queue is bounded.
 //!
 //! ```sh
 //! cargo build --release -p leadgate
@@ -26,6 +28,10 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+fn open_files(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -59,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
         .env("LEADGATE_API_KEYS", API_KEY)
         // 1,000 clients connect from one address at once.
         .env("LEADGATE_CONNECT_RATE", "100000")
+        // All of them as one user.
+        .env("LEADGATE_MAX_CONNECTIONS_PER_USER", clients.to_string())
         .env("LEADGATE_SLOW_CLIENT_GRACE", "20")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
@@ -111,8 +119,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:>5} {:>9} {:>12} {:>12} {:>9}",
-        "s", "RSS MiB", "events sent", "msgs dropped", "evicted"
+        "{:>5} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9}",
+        "s", "RSS MiB", "events sent", "msgs dropped", "evicted", "sockets", "files"
     );
 
     let line = "z".repeat(bytes);
@@ -120,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     let mut sent = 0u64;
     let mut next_report = Duration::ZERO;
     let mut peak = connected;
-    while started.elapsed() < Duration::from_secs(50) {
+    while started.elapsed() < Duration::from_secs(80) {
         for job in &jobs {
             let event = json!({ "type": "log", "log": { "level": "info", "message": line } });
             http.post(format!("{base}/api/v1/jobs/{job}/events"))
@@ -139,12 +147,14 @@ async fn main() -> anyhow::Result<()> {
                 .text()
                 .await?;
             println!(
-                "{:>5} {:>9} {:>12} {:>12} {:>9}",
+                "{:>5} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9}",
                 started.elapsed().as_secs(),
                 rss_kib(pid) / 1024,
                 sent,
                 metric(&metrics, "leadgate_messages_dropped_total"),
                 metric(&metrics, "leadgate_slow_clients_disconnected_total"),
+                metric(&metrics, "leadgate_connections{namespace=\"/\""),
+                open_files(pid),
             );
             next_report += Duration::from_secs(5);
         }
