@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use leadgate_bus::{BusEvent, BusHandler, Publisher};
@@ -32,6 +32,10 @@ use crate::metrics::Metrics;
 
 /// Snapshots read at once while refreshing.
 const REFRESH_CONCURRENCY: usize = 16;
+
+/// How long an evicted client may fail to take the message that tells it
+/// why before its connection is cut.
+const CUT_AFTER: Duration = Duration::from_secs(5);
 
 pub enum Fanout {
     Local,
@@ -268,9 +272,10 @@ pub async fn run_resync_sender(fanout: Arc<Fanout>, cancel: CancellationToken) {
 /// disconnected, until `cancel`.
 pub async fn run_sweeper(app: crate::App, grace: Duration, cancel: CancellationToken) {
     let (hub, metrics) = (app.hub.clone(), app.metrics.clone());
-    // Sockets being evicted, and whether they were told why: the message
-    // and the disconnect go out as soon as they fit in the socket's queue.
-    let mut evicting: Vec<(socketioxide::extract::SocketRef, bool)> = Vec::new();
+    // Sockets being evicted, whether they were told why (the message and
+    // the disconnect go out as soon as they fit in the socket's queue), and
+    // since when.
+    let mut evicting: Vec<(socketioxide::extract::SocketRef, bool, Instant)> = Vec::new();
     let why = leadgate_protocol::ClientError {
         message: "disconnected: too slow to keep up with updates".into(),
     };
@@ -279,8 +284,9 @@ pub async fn run_sweeper(app: crate::App, grace: Duration, cancel: CancellationT
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
+        app.upgrades.prune();
         for socket in hub.sweep(grace) {
-            if evicting.iter().any(|(s, _)| s.id == socket.id) {
+            if evicting.iter().any(|(s, _, _)| s.id == socket.id) {
                 continue;
             }
             warn!(sid = %socket.id, grace_secs = grace.as_secs(), "Disconnecting a client that has not taken its messages.");
@@ -288,17 +294,26 @@ pub async fn run_sweeper(app: crate::App, grace: Duration, cancel: CancellationT
             // Its subscriptions are gone with the sweep; its session goes
             // now, whenever socketioxide lets the socket go.
             crate::sio::forget(&app, &socket);
-            evicting.push((socket, false));
+            evicting.push((socket, false, Instant::now()));
         }
         // A socket that went away meanwhile is forgotten. The others are
-        // told why and disconnected as soon as both fit in their queue; a
-        // client that takes nothing at all is closed by the heartbeat.
-        evicting.retain_mut(|(socket, told)| {
+        // told why and disconnected as soon as both fit in their queue. A
+        // client that takes nothing at all would keep its connection, and
+        // socketioxide its socket, as long as a write to it is pending: its
+        // connection is cut once telling it has failed for `CUT_AFTER`.
+        evicting.retain_mut(|(socket, told, since)| {
             if !socket.connected() {
                 return false;
             }
             *told = *told || socket.emit("error", &why).is_ok();
-            !(*told && socket.clone().disconnect().is_ok())
+            if *told && socket.clone().disconnect().is_ok() {
+                return false;
+            }
+            if since.elapsed() >= CUT_AFTER {
+                crate::sio::cut(&app, socket);
+                return false;
+            }
+            true
         });
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+mod conn;
 pub mod dev;
 mod fanout;
 mod http;
@@ -29,7 +30,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::http::{HeaderValue, Method, header};
-use axum::serve::ListenerExt;
 use leadgate_bus::{Channels, Publisher};
 use leadgate_protocol::{JobEvent, JobUpdate};
 use leadgate_store::{Store, StoreError};
@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use uuid::Uuid;
 
 pub use crate::config::Config;
@@ -69,6 +69,10 @@ pub struct AppInner {
     connect_attempts: limits::Buckets<std::net::IpAddr>,
     /// Engine.IO handshakes (new sessions) per client address.
     handshake_attempts: limits::Buckets<std::net::IpAddr>,
+    /// The connection that took over each upgraded Engine.IO session (by
+    /// session id), so that the gateway can cut it (see [`conn`]); an
+    /// entry goes with its connection.
+    upgrades: sio::Upgrades,
     /// Open connections per user.
     user_connections: Arc<limits::PerUser>,
     /// Set on shutdown: `/readyz` answers 503 from then on.
@@ -338,6 +342,7 @@ pub async fn run(
         // per namespace; the handshake limit is the looser, so that a
         // refused connect is told why (`connect_error`) before its
         // handshakes are refused outright.
+        upgrades: sio::Upgrades::default(),
         handshake_attempts: limits::Buckets::new(limits::Rate {
             per_second: connect_rate.per_second * 2.0,
             burst: connect_rate.burst * 2.0,
@@ -390,17 +395,10 @@ pub async fn run(
             sio::close_all(&app, &io, grace).await;
         })
     };
-    // Each connection writes what is queued for it in one send; Nagle's
-    // algorithm would only hold the next send back for the client's ACK
-    // (a round trip, or the client's delayed-ACK timer).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            debug!(error = %e, "Could not set TCP_NODELAY.");
-        }
-    });
+    let listener = conn::Listener(listener);
     let server = axum::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router.into_make_service_with_connect_info::<conn::Peer>(),
     )
     .with_graceful_shutdown(signal)
     .into_future();

@@ -118,12 +118,12 @@ impl PerUser {
     }
 }
 
-/// The peer address of a Socket.IO handshake.
+/// The peer address of a request (a Socket.IO handshake's).
 pub fn peer(parts: &axum::http::request::Parts) -> Option<SocketAddr> {
     parts
         .extensions
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
+        .get::<axum::extract::ConnectInfo<crate::conn::Peer>>()
+        .map(|info| info.0.addr)
 }
 
 /// The client's address: the peer's, or, when the peer is a trusted proxy,

@@ -6,7 +6,8 @@
 //! Engine.IO 3 for socket.io-client 1.x/2.x) and Socket.IO; namespace `/`
 //! is [`crate::jobs`], `/leads` is [`crate::leads::sio`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -20,6 +21,7 @@ use socketioxide::{SocketIo, TransportType};
 use tracing::{info, warn};
 
 use crate::auth::{AuthError, Principal, handshake_token};
+use crate::conn::{Peer, WeakPeer};
 use crate::{App, Config, UserSlot, jobs, leads};
 
 /// Where Engine.IO is served.
@@ -80,17 +82,25 @@ pub fn admit(
 
 /// In front of socketioxide, for requests to [`PATH`]: a new Engine.IO
 /// session (a GET with a `transport` and no `sid`) counts against the
-/// address's connection rate, and is answered `429` over it; every request
-/// is then [compacted](compact).
+/// address's connection rate, and is answered `429` over it; the
+/// connection of a WebSocket that upgrades a session is noted
+/// ([`Upgrades`]); every request is then [compacted](compact).
 pub async fn front(State(app): State<App>, request: Request, next: Next) -> Response {
     if !request.uri().path().starts_with(PATH) {
         return next.run(request).await;
     }
-    if request.method() == Method::GET && opens_session(request.uri().query()) {
+    let session = Session::of(request.uri().query());
+    if request.method() == Method::GET
+        && let Session::Upgrade(sid) = &session
+        && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>()
+    {
+        app.upgrades.note(sid, peer);
+    }
+    if request.method() == Method::GET && session == Session::Opens {
         let peer = request
             .extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0);
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0.addr);
         if let Some(ip) =
             crate::limits::client_ip(peer, request.headers(), &app.limits.trusted_proxies)
             && !app.handshake_attempts.take(ip)
@@ -106,18 +116,78 @@ pub async fn front(State(app): State<App>, request: Request, next: Next) -> Resp
     next.run(compact(request)).await
 }
 
-/// Whether a query to [`PATH`] opens an Engine.IO session.
-fn opens_session(query: Option<&str>) -> bool {
-    let Some(query) = query else { return false };
-    let mut transport = false;
-    for (key, _) in form_urlencoded::parse(query.as_bytes()) {
-        match &*key {
-            "sid" => return false,
-            "transport" => transport = true,
-            _ => {}
+/// What a request to [`PATH`] does to an Engine.IO session, by its query.
+#[derive(Debug, PartialEq, Eq)]
+enum Session {
+    /// Opens one: a transport and no session id.
+    Opens,
+    /// A WebSocket for the session: it upgrades it.
+    Upgrade(String),
+    Other,
+}
+
+impl Session {
+    fn of(query: Option<&str>) -> Session {
+        let Some(query) = query else {
+            return Session::Other;
+        };
+        let (mut transport, mut sid) = (None, None);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "sid" => sid = Some(value),
+                "transport" => transport = Some(value),
+                _ => {}
+            }
+        }
+        match (transport.as_deref(), sid) {
+            (Some(_), None) => Session::Opens,
+            (Some("websocket"), Some(sid)) => Session::Upgrade(sid.into_owned()),
+            _ => Session::Other,
         }
     }
-    transport
+}
+
+/// The connections that took over upgraded Engine.IO sessions, by session
+/// id: socketioxide keeps only the request that opened a session, which for
+/// an upgraded one came on another connection. An entry holds no more than
+/// a weak reference, and goes once its connection has closed.
+#[derive(Default)]
+pub struct Upgrades(Mutex<HashMap<String, WeakPeer>>);
+
+impl Upgrades {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, WeakPeer>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note(&self, sid: &str, peer: &Peer) {
+        self.map().insert(sid.to_owned(), peer.downgrade());
+    }
+
+    fn get(&self, sid: &str) -> Option<Peer> {
+        self.map().get(sid)?.upgrade()
+    }
+
+    /// Forgets the connections that closed.
+    pub fn prune(&self) {
+        self.map().retain(|_, peer| !peer.is_gone());
+    }
+}
+
+/// Cuts the connection that carries `socket` (see [`crate::conn`]): its
+/// pending write fails, and socketioxide ends the socket.
+pub fn cut(app: &App, socket: &SocketRef) {
+    let upgraded = app.upgrades.get(&socket.id.to_string());
+    let opened = || {
+        socket
+            .req_parts()
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0.clone())
+    };
+    if let Some(peer) = upgraded.or_else(opened) {
+        info!(ns = socket.ns(), sid = %socket.id, client = %peer.addr, "Cutting the connection of a client that takes nothing.");
+        peer.cut();
+    }
 }
 
 /// Copies the request's URI and headers out of the connection's read buffer.
@@ -256,11 +326,24 @@ mod tests {
     }
 
     #[test]
-    fn a_session_is_opened_by_a_transport_without_a_sid() {
-        assert!(opens_session(Some("EIO=4&transport=polling&t=abc")));
-        assert!(opens_session(Some("EIO=3&transport=websocket")));
-        assert!(!opens_session(Some("EIO=4&transport=polling&sid=xyz")));
-        assert!(!opens_session(Some("EIO=4")));
-        assert!(!opens_session(None));
+    fn what_a_request_does_to_a_session() {
+        assert_eq!(
+            Session::of(Some("EIO=4&transport=polling&t=abc")),
+            Session::Opens
+        );
+        assert_eq!(
+            Session::of(Some("EIO=3&transport=websocket")),
+            Session::Opens
+        );
+        assert_eq!(
+            Session::of(Some("EIO=4&transport=websocket&sid=xyz")),
+            Session::Upgrade("xyz".into())
+        );
+        assert_eq!(
+            Session::of(Some("EIO=4&transport=polling&sid=xyz")),
+            Session::Other
+        );
+        assert_eq!(Session::of(Some("EIO=4")), Session::Other);
+        assert_eq!(Session::of(None), Session::Other);
     }
 }

@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
-use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -33,7 +32,7 @@ const PING_EVERY: Duration = Duration::from_secs(25);
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(crate::conn::Peer { addr: peer, .. }): ConnectInfo<crate::conn::Peer>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
