@@ -260,3 +260,56 @@ async fn a_client_that_falls_behind_catches_up_with_a_fresh_status() {
     assert_eq!(slow.expect("job-update").await["seq"], N + 1);
     gw.shutdown().await;
 }
+
+/// A client that takes nothing at all, not even the message that tells it
+/// it is evicted: its connection is cut, so its socket and queue go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_takes_nothing_is_cut_after_its_eviction() {
+    let db = leadgate_tests::TestDb::new(Backend::Sqlite).await;
+    let gw = Gateway::start_on(db, &["--socket-buffer", "16", "--slow-client-grace", "1"]).await;
+    let job = gw.create_job("alice").await;
+    let mut good = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    let mut stuck = SioClient::connect(gw.addr, &gw.token("alice")).await;
+    for s in [&mut good, &mut stuck] {
+        s.emit_ack("subscribe-job", json!(job)).await;
+        s.expect("job-status").await;
+    }
+    let reader = tokio::spawn(async move {
+        while good
+            .next_event(std::time::Duration::from_secs(3))
+            .await
+            .is_some()
+        {}
+        good
+    });
+    // More than the kernel's buffers on both sides hold: the stuck client's
+    // queue stays full.
+    let line = "x".repeat(16 * 1024);
+    for _ in 0..1200 {
+        let event = json!({ "type": "log", "log": { "level": "info", "message": line } });
+        assert_eq!(gw.post_event(job, event).await.0, 202);
+    }
+    let websockets = r#"leadgate_connections{namespace="/",transport="websocket"}"#;
+    let mut open = f64::NAN;
+    for _ in 0..200 {
+        open = sample(&scrape(&gw).await, websockets);
+        if open == 1.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, 1.0, "the stuck client's socket is gone");
+    assert_eq!(
+        sample(
+            &scrape(&gw).await,
+            "leadgate_slow_clients_disconnected_total"
+        ),
+        1.0
+    );
+    assert!(
+        stuck.closed_within(std::time::Duration::from_secs(10)).await,
+        "its connection was cut"
+    );
+    let _good = reader.await.unwrap();
+    gw.shutdown().await;
+}
