@@ -307,7 +307,9 @@ async fn a_client_that_takes_nothing_is_cut_after_its_eviction() {
         1.0
     );
     assert!(
-        stuck.closed_within(std::time::Duration::from_secs(10)).await,
+        stuck
+            .closed_within(std::time::Duration::from_secs(10))
+            .await,
         "its connection was cut"
     );
     let _good = reader.await.unwrap();

@@ -367,9 +367,18 @@ async fn upgrade(source: IpAddr, target: SocketAddr, token: &str) -> anyhow::Res
     if ok != "ok" {
         bail!("the connect's POST was answered {ok:?}");
     }
+    // The connect's answer, with any ping answered on the way, as
+    // socket.io-client does (socketioxide pings a session at once).
     loop {
         let payload = polling.request("GET", "").await?;
-        if let Some(packet) = payload.split('\x1e').find(|p| p.starts_with("4")) {
+        let packets: Vec<&str> = payload.split('\x1e').collect();
+        if packets.contains(&"2") {
+            let ok = polling.request("POST", "3").await?;
+            if ok != "ok" {
+                bail!("the pong's POST was answered {ok:?}");
+            }
+        }
+        if let Some(packet) = packets.iter().find(|p| p.starts_with('4')) {
             connected(packet)?;
             break;
         }

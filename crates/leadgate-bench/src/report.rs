@@ -227,7 +227,11 @@ impl Run {
                 Target::None,
             ),
             ("p90", |l| l.p90_ms, Target::None),
-            ("p99", |l| l.p99_ms, Target::Checks(&[Check::ValueAtMost(5.0)])),
+            (
+                "p99",
+                |l| l.p99_ms,
+                Target::Checks(&[Check::ValueAtMost(5.0)]),
+            ),
             ("max", |l| l.max_ms, Target::None),
             (
                 "the machine's wake-up delay, p99",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use leadgate_protocol::{Ack, ClientError, parse_job_id};
 use serde_json::Value;
 use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::MessageHandler;
 use socketioxide::socket::{DisconnectReason, Socket};
 use tracing::{debug, error, info};
@@ -20,6 +20,7 @@ use crate::auth::AuthError;
 use crate::hub::Activation;
 use crate::requests::{Pushed, Requests};
 use crate::session::{Session, TokenExpiry};
+use crate::sio::Incoming;
 
 /// The answer for an unknown job and for another user's job alike.
 pub const JOB_NOT_FOUND: &str = "job not found";
@@ -79,16 +80,18 @@ impl MessageHandler<LocalAdapter, Events> for Events {
     fn call(
         &self,
         s: Arc<Socket<LocalAdapter>>,
-        mut v: socketioxide::handler::Value,
+        v: socketioxide::handler::Value,
         ack_id: Option<i64>,
     ) {
-        use socketioxide::handler::FromMessageParts;
-        let Ok(Event(event)) = Event::from_message_parts(&s, &mut v, &ack_id) else {
+        let Some(Incoming {
+            socket,
+            event,
+            data: arg,
+            ack,
+        }) = Incoming::read(s, v, ack_id)
+        else {
             return;
         };
-        let Ok(socket) = SocketRef::from_message_parts(&s, &mut v, &ack_id);
-        let Ok(ack) = AckSender::from_message_parts(&s, &mut v, &ack_id);
-        let Ok(TryData(arg)) = TryData::<Value>::from_message_parts(&s, &mut v, &ack_id);
         let (app, client) = (&self.app, &self.client);
         let subscribe = match event.as_str() {
             "subscribe-job" => true,
@@ -96,7 +99,7 @@ impl MessageHandler<LocalAdapter, Events> for Events {
             // Not queued: a token about to run out is not made to wait
             // behind slow requests.
             "refresh-token" => {
-                let answer = refresh(app, &socket, client, arg.ok());
+                let answer = refresh(app, &socket, client, arg);
                 let _ = ack.send(&answer);
                 return;
             }
@@ -116,7 +119,7 @@ impl MessageHandler<LocalAdapter, Events> for Events {
         }
         let request = Request {
             subscribe,
-            arg: arg.ok(),
+            arg,
             ack,
         };
         match client.requests.push(request) {

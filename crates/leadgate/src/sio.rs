@@ -14,8 +14,9 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use socketioxide::extract::SocketRef;
-use socketioxide::handler::ConnectHandler;
+use socketioxide::adapter::LocalAdapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
 use tracing::{info, warn};
@@ -78,6 +79,36 @@ pub fn admit(
         .inspect_err(
             |e| info!(ns = socket.ns(), sid = %socket.id, reason = %e, "Refused a connection."),
         )
+}
+
+/// One event of a socket, as its handler gets it on the connection's read
+/// path.
+pub struct Incoming {
+    pub socket: SocketRef,
+    pub event: String,
+    /// The event's first argument, if it has one that is JSON.
+    pub data: Option<serde_json::Value>,
+    pub ack: AckSender,
+}
+
+impl Incoming {
+    /// Reads an event's parts; `None` for a packet without an event name.
+    pub fn read(
+        s: Arc<socketioxide::socket::Socket<LocalAdapter>>,
+        mut v: socketioxide::handler::Value,
+        ack_id: Option<i64>,
+    ) -> Option<Incoming> {
+        let Event(event) = Event::from_message_parts(&s, &mut v, &ack_id).ok()?;
+        let Ok(socket) = SocketRef::from_message_parts(&s, &mut v, &ack_id);
+        let Ok(ack) = AckSender::from_message_parts(&s, &mut v, &ack_id);
+        let Ok(TryData(data)) = TryData::from_message_parts(&s, &mut v, &ack_id);
+        Some(Incoming {
+            socket,
+            event,
+            data: data.ok(),
+            ack,
+        })
+    }
 }
 
 /// In front of socketioxide, for requests to [`PATH`]: a new Engine.IO

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{Event, SocketRef, State, TryData};
+use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::MessageHandler;
 use socketioxide::socket::{DisconnectReason, Socket};
 use tracing::info;
@@ -15,6 +15,7 @@ use crate::App;
 use crate::auth::AuthError;
 use crate::requests::{Pushed, Requests};
 use crate::session::TokenExpiry;
+use crate::sio::Incoming;
 
 /// What the gateway keeps for one socket of `/leads`, in its extensions.
 pub struct Client {
@@ -82,23 +83,23 @@ impl MessageHandler<LocalAdapter, Events> for Events {
     fn call(
         &self,
         s: Arc<Socket<LocalAdapter>>,
-        mut v: socketioxide::handler::Value,
+        v: socketioxide::handler::Value,
         ack_id: Option<i64>,
     ) {
-        use socketioxide::handler::FromMessageParts;
-        let Ok(Event(event)) = Event::from_message_parts(&s, &mut v, &ack_id) else {
+        let Some(Incoming {
+            socket,
+            event,
+            data,
+            ..
+        }) = Incoming::read(s, v, ack_id)
+        else {
             return;
         };
-        let Ok(socket) = SocketRef::from_message_parts(&s, &mut v, &ack_id);
-        let Ok(TryData(data)) = TryData::<Value>::from_message_parts(&s, &mut v, &ack_id);
         let (app, client) = (&self.app, &self.client);
         if let Err(refusal) = client.session.allow_request(app, &event) {
             return super::send(app, &socket, &refusal);
         }
-        let request = Request::Event {
-            event,
-            data: data.ok(),
-        };
+        let request = Request::Event { event, data };
         match client.requests.push(request) {
             Pushed::Start => {
                 tokio::spawn(serve(app.clone(), socket, client.clone()));
