@@ -83,6 +83,6 @@ for backend in sqlite postgres; do
   LEADGATE_TEST_BACKEND=$backend node --test --test-concurrency=3 tests/browser/
 done
 
-echo "==> benchmark, quick run: every scenario on leadgate and the Node.js peer"
+echo "==> benchmark, quick run: every scenario on leadgate, bare socketioxide and the Node.js peer"
 LEADGATE_BENCH_DATABASE_URL="${postgres_url%/*}/leadgate_bench" LEADGATE_BENCH_REDIS_URL="$redis_url" \
   BENCH_PROFILE=dev crates/leadgate-bench/run.sh --quick --json target/bench/quick.json
