@@ -34,7 +34,8 @@ pub struct Client {
 }
 
 struct Request {
-    subscribe: bool,
+    /// `subscribe-job` or `unsubscribe-job`.
+    event: &'static str,
     arg: Option<Value>,
     ack: AckSender,
 }
@@ -93,9 +94,9 @@ impl MessageHandler<LocalAdapter, Events> for Events {
             return;
         };
         let (app, client) = (&self.app, &self.client);
-        let subscribe = match event.as_str() {
-            "subscribe-job" => true,
-            "unsubscribe-job" => false,
+        let event = match event.as_str() {
+            "subscribe-job" => "subscribe-job",
+            "unsubscribe-job" => "unsubscribe-job",
             // Not queued: a token about to run out is not made to wait
             // behind slow requests.
             "refresh-token" => {
@@ -108,20 +109,11 @@ impl MessageHandler<LocalAdapter, Events> for Events {
                 return;
             }
         };
-        let event = if subscribe {
-            "subscribe-job"
-        } else {
-            "unsubscribe-job"
-        };
         if !client.session.allow_request(app.limits.event_rate) {
             let _ = ack.send(&refuse(&socket, event, &app.limits.too_many_requests()));
             return;
         }
-        let request = Request {
-            subscribe,
-            arg,
-            ack,
-        };
+        let request = Request { event, arg, ack };
         match client.requests.push(request) {
             Pushed::Start => {
                 tokio::spawn(serve(app.clone(), socket, client.clone()));
@@ -138,16 +130,11 @@ impl MessageHandler<LocalAdapter, Events> for Events {
 /// Serves the socket's queued requests, one at a time, until none waits.
 async fn serve(app: App, socket: SocketRef, client: Arc<Client>) {
     while let Some(request) = client.requests.next() {
-        let (event, outcome) = if request.subscribe {
-            (
-                "subscribe-job",
-                subscribe_job(&app, &socket, &client.session, request.arg).await,
-            )
+        let event = request.event;
+        let outcome = if event == "subscribe-job" {
+            subscribe_job(&app, &socket, &client.session, request.arg).await
         } else {
-            (
-                "unsubscribe-job",
-                unsubscribe_job(&app, &socket, &client.session, request.arg),
-            )
+            unsubscribe_job(&app, &socket, &client.session, request.arg)
         };
         let answer = match outcome {
             Ok(true) => Ack::ok(),

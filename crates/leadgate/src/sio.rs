@@ -115,36 +115,40 @@ impl Incoming {
 /// session (a GET with a `transport` and no `sid`) counts against the
 /// address's connection rate, and is answered `429` over it; the
 /// connection of a WebSocket that upgrades a session is noted
-/// ([`Upgrades`]); every request is then [compacted](compact).
+/// ([`Upgrades`]); both, the requests Engine.IO keeps for a session's
+/// life, are [compacted](compact).
 pub async fn front(State(app): State<App>, request: Request, next: Next) -> Response {
-    if !request.uri().path().starts_with(PATH) {
+    if request.method() != Method::GET || !request.uri().path().starts_with(PATH) {
         return next.run(request).await;
     }
-    let session = Session::of(request.uri().query());
-    if request.method() == Method::GET
-        && let Session::Upgrade(sid) = &session
-        && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>()
-    {
-        app.upgrades.note(sid, peer);
-    }
-    if request.method() == Method::GET && session == Session::Opens {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<Peer>>()
-            .map(|c| c.0.addr);
-        if let Some(ip) =
-            crate::limits::client_ip(peer, request.headers(), &app.limits.trusted_proxies)
-            && !app.handshake_attempts.take(ip)
-        {
-            warn!(client = %ip, "Too many Engine.IO handshakes from one address.");
-            let body = serde_json::json!({
-                "code": 429,
-                "message": AuthError::TooManyAttempts.to_string(),
-            });
-            return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.clone());
+    match Session::of(request.uri().query()) {
+        Session::Opens => {
+            let addr = peer.map(|peer| peer.addr);
+            if let Some(ip) =
+                crate::limits::client_ip(addr, request.headers(), &app.limits.trusted_proxies)
+                && !app.handshake_attempts.take(ip)
+            {
+                warn!(client = %ip, "Too many Engine.IO handshakes from one address.");
+                let body = serde_json::json!({
+                    "code": 429,
+                    "message": AuthError::TooManyAttempts.to_string(),
+                });
+                return (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            }
+            next.run(compact(request)).await
         }
+        Session::Upgrade(sid) => {
+            if let Some(peer) = &peer {
+                app.upgrades.note(&sid, peer);
+            }
+            next.run(compact(request)).await
+        }
+        Session::Other => next.run(request).await,
     }
-    next.run(compact(request)).await
 }
 
 /// What a request to [`PATH`] does to an Engine.IO session, by its query.
