@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use leadgate_bus::{BusEvent, BusHandler, Publisher};
 use leadgate_protocol::leads::{CrawlRequested, LeadsChanged, LeadsChangedKind};
-use leadgate_protocol::{JobUpdate, WorkerEvent};
+use leadgate_protocol::{JobEvent, JobUpdate, WorkerEvent};
 use leadgate_store::Store;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Live};
 use crate::leads::Leads;
 use crate::metrics::Metrics;
 
@@ -217,15 +217,29 @@ impl RedisHandler {
                 debug!(source = "redis", job = %job, seq, sent, "Delivered a job event.");
             }
             None => {
-                // Without its seq the event cannot be placed in order; the
-                // database has it (the worker applied it), so subscribers get
-                // the job's fresh state instead.
-                debug!(source = "redis", job = %job, "Job event without seq; refreshing the job.");
-                self.metrics.worker_event("redis", "dropped");
-                self.hub.request_refresh(job);
+                // A worker with only a Redis client: the event has no place
+                // in the job's seq order, and the database may not have it.
+                // It goes out live, as it came, in the order it arrives.
+                let live = Arc::new(Live {
+                    event: "job-update".into(),
+                    data: live_update(job, &event.event),
+                    label: "job-update",
+                });
+                let sent = self.hub.deliver_live(job, &live, &HashSet::new());
+                self.metrics.worker_event("redis", "live");
+                debug!(source = "redis", job = %job, sent, "Delivered a job event without seq.");
             }
         }
     }
+}
+
+/// A `job-update` without `seq`: the event and its `jobId`.
+pub fn live_update(job: Uuid, event: &JobEvent) -> serde_json::Value {
+    let mut data = serde_json::to_value(event).expect("a JobEvent always serializes");
+    if let serde_json::Value::Object(map) = &mut data {
+        map.insert("jobId".into(), serde_json::Value::String(job.to_string()));
+    }
+    data
 }
 
 /// Publishes resync messages for the jobs whose events could not be

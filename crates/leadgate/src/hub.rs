@@ -107,7 +107,7 @@ enum State {
         /// Whether the owner check passed; only then may a refresh send the
         /// job's state to this socket.
         authorized: bool,
-        buffer: Vec<JobUpdate>,
+        buffer: Vec<Buffered>,
         overflowed: bool,
         /// The seq the socket already has, when it was active before.
         last_sent: Option<i64>,
@@ -135,6 +135,54 @@ impl State {
             overflowed: false,
             last_sent: None,
         }
+    }
+}
+
+/// A message for a job's subscribers that has no place in the job's `seq`
+/// order: a worker's event published without `seq`, or an event a Node.js
+/// worker sent to the job's room through `@socket.io/redis-emitter`. It is
+/// delivered to every subscriber of this instance in the order it arrives,
+/// and is not part of any snapshot: a subscriber whose queue could not take
+/// it does not get it later.
+#[derive(Debug)]
+pub struct Live {
+    /// The event name the sockets receive.
+    pub event: String,
+    pub data: serde_json::Value,
+    /// The name it is counted under in the metrics.
+    pub label: &'static str,
+}
+
+/// What a pending subscription holds while its snapshot loads.
+enum Buffered {
+    Update(JobUpdate),
+    /// A live message, with the highest `seq` buffered before it, so that
+    /// ordering the buffer by `seq` keeps it where it arrived.
+    Live(Arc<Live>, i64),
+}
+
+impl Buffered {
+    fn order(&self) -> i64 {
+        match self {
+            Buffered::Update(update) => update.seq,
+            Buffered::Live(_, after) => *after,
+        }
+    }
+}
+
+fn buffer_live(buffer: &mut Vec<Buffered>, overflowed: &mut bool, live: &Arc<Live>) {
+    if buffer.len() < PENDING_BUFFER {
+        let after = buffer
+            .iter()
+            .filter_map(|b| match b {
+                Buffered::Update(u) => Some(u.seq),
+                Buffered::Live(..) => None,
+            })
+            .max()
+            .unwrap_or(i64::MIN);
+        buffer.push(Buffered::Live(live.clone(), after));
+    } else {
+        *overflowed = true;
     }
 }
 
@@ -318,7 +366,7 @@ impl Hub {
         };
         // The room first, with one broadcast, when it is behind.
         if let Some(room_seq) = entry.room_seq.filter(|seq| status.seq > *seq) {
-            if self.broadcast(job, entry, "job-status", status) {
+            if self.broadcast(job, entry, ("job-status", "job-status"), status) {
                 entry.room_seq = Some(status.seq);
             } else {
                 // Each is sent the snapshot again, one by one, below.
@@ -408,7 +456,7 @@ impl Hub {
                     buffer, overflowed, ..
                 } => {
                     if buffer.len() < PENDING_BUFFER {
-                        buffer.push(update.clone());
+                        buffer.push(Buffered::Update(update.clone()));
                     } else {
                         *overflowed = true;
                     }
@@ -428,7 +476,7 @@ impl Hub {
                     tracing::debug!(job = %job, sid = %sub.socket.id, last_seq = *last_seq, seq = update.seq, "Gap in a job's events; refreshing.");
                     sub.state = State::Pending {
                         authorized: true,
-                        buffer: vec![update.clone()],
+                        buffer: vec![Buffered::Update(update.clone())],
                         overflowed: false,
                         last_sent: Some(*last_seq),
                     };
@@ -440,7 +488,7 @@ impl Hub {
         if let Some(room_seq) = entry.room_seq {
             if update.seq == room_seq + 1 {
                 let members = entry.joined;
-                if self.broadcast(job, entry, "job-update", update) {
+                if self.broadcast(job, entry, ("job-update", "job-update"), update) {
                     entry.room_seq = Some(update.seq);
                     sent += members;
                 } else {
@@ -451,7 +499,7 @@ impl Hub {
                 tracing::debug!(job = %job, room_seq, seq = update.seq, "Gap in a job's events; refreshing its room.");
                 entry.empty_room(job, |last| State::Pending {
                     authorized: true,
-                    buffer: vec![update.clone()],
+                    buffer: vec![Buffered::Update(update.clone())],
                     overflowed: false,
                     last_sent: Some(last),
                 });
@@ -465,6 +513,77 @@ impl Hub {
         sent
     }
 
+    /// Sends a live message (see [`Live`]) to every socket of this instance
+    /// subscribed to `job`, except those in `skip`: the room's members with
+    /// one broadcast (or one by one when one of them is skipped), the others
+    /// one by one, pending ones after their snapshot. Returns how many
+    /// sockets were sent it.
+    pub fn deliver_live(&self, job: Uuid, live: &Arc<Live>, skip: &HashSet<Sid>) -> usize {
+        let mut shard = self.shard(&job);
+        let Some(entry) = shard.get_mut(&job) else {
+            return 0;
+        };
+        let mut sent = 0;
+        let mut resync_room = false;
+        let room_skips = entry
+            .subs
+            .iter()
+            .any(|s| matches!(s.state, State::Joined) && skip.contains(&s.socket.id));
+        for sub in entry.subs.iter_mut() {
+            if skip.contains(&sub.socket.id) {
+                continue;
+            }
+            match &mut sub.state {
+                State::Pending {
+                    buffer, overflowed, ..
+                } => buffer_live(buffer, overflowed, live),
+                State::Active { last_seq } => {
+                    if send_live(&self.metrics, &sub.socket, live, job) {
+                        sent += 1;
+                    } else {
+                        sub.state = lagging(*last_seq);
+                        sub.probation = PROBATION;
+                    }
+                }
+                // One by one: the room is sent it at once, below, unless a
+                // member is skipped.
+                State::Joined if room_skips => {
+                    if send_live(&self.metrics, &sub.socket, live, job) {
+                        sent += 1;
+                    } else {
+                        resync_room = true;
+                    }
+                }
+                State::Joined | State::Lagging { .. } => {}
+            }
+        }
+        if entry.room_seq.is_some() && !room_skips {
+            let members = entry.joined;
+            if self.broadcast(job, entry, (&live.event, live.label), &live.data) {
+                sent += members;
+            } else {
+                resync_room = true;
+            }
+        }
+        if let Some(room_seq) = entry.room_seq.filter(|_| resync_room) {
+            entry.empty_room(job, |_| resync(room_seq));
+            self.refresh.push(job);
+        }
+        entry.settle(job);
+        sent
+    }
+
+    /// The sockets of this instance subscribed to any of `jobs`.
+    pub fn subscribers(&self, jobs: &[Uuid]) -> HashSet<Sid> {
+        let mut sids = HashSet::new();
+        for job in jobs {
+            if let Some(entry) = self.shard(job).get(job) {
+                sids.extend(entry.subs.iter().map(|s| s.socket.id));
+            }
+        }
+        sids
+    }
+
     /// Broadcasts one message to the job's room, encoded once. `false` when
     /// a member's queue was full: who is not known, so the caller takes
     /// every member out to be resynced (see the module docs). Sockets that closed
@@ -473,7 +592,7 @@ impl Hub {
         &self,
         job: Uuid,
         entry: &Job,
-        event: &'static str,
+        (event, label): (&str, &'static str),
         data: &T,
     ) -> bool {
         let Some(io) = self.io.get() else {
@@ -495,7 +614,7 @@ impl Hub {
             });
         match result {
             Ok(()) => {
-                self.metrics.broadcast(event, members, 0);
+                self.metrics.broadcast(label, members, 0);
                 true
             }
             Err(BroadcastError::Socket(errors)) => {
@@ -505,7 +624,7 @@ impl Hub {
                     .count() as u64;
                 let closed = errors.len() as u64 - full;
                 self.metrics
-                    .broadcast(event, members.saturating_sub(full + closed), full + closed);
+                    .broadcast(label, members.saturating_sub(full + closed), full + closed);
                 if full > 0 {
                     tracing::warn!(job = %job, event, sockets = full, members, "Sockets of a job's room could not take a message; its members are sent a fresh job-status.");
                 }
@@ -513,7 +632,7 @@ impl Hub {
             }
             Err(e) => {
                 tracing::error!(job = %job, event, error = %e, "Could not broadcast to a job's room.");
-                self.metrics.broadcast(event, 0, members);
+                self.metrics.broadcast(label, 0, members);
                 false
             }
         }
@@ -605,7 +724,7 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
         return;
     };
     let mut buffered = std::mem::take(buffer);
-    buffered.sort_by_key(|u| u.seq);
+    buffered.sort_by_key(Buffered::order);
     let mut last_seq = match *last_sent {
         Some(sent) if sent >= status.seq => sent,
         previous => {
@@ -617,17 +736,28 @@ fn send_snapshot(metrics: &Metrics, sub: &mut Subscriber, status: &JobStatus) {
             status.seq
         }
     };
-    for update in buffered {
-        if update.seq == last_seq + 1 {
-            if !send(metrics, &sub.socket, "job-update", &update, update.job_id) {
-                sub.state = lagging(last_seq);
-                sub.probation = PROBATION;
-                return;
+    for item in buffered {
+        match item {
+            Buffered::Live(live, _) => {
+                if !send_live(metrics, &sub.socket, &live, status.job_id) {
+                    sub.state = lagging(last_seq);
+                    sub.probation = PROBATION;
+                    return;
+                }
             }
-            last_seq = update.seq;
-        } else if update.seq > last_seq + 1 {
-            tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
-            break;
+            Buffered::Update(update) if update.seq == last_seq + 1 => {
+                if !send(metrics, &sub.socket, "job-update", &update, update.job_id) {
+                    sub.state = lagging(last_seq);
+                    sub.probation = PROBATION;
+                    return;
+                }
+                last_seq = update.seq;
+            }
+            Buffered::Update(update) if update.seq > last_seq + 1 => {
+                tracing::debug!(job = %update.job_id, sid = %sub.socket.id, last_seq, seq = update.seq, "Dropped buffered updates beyond a gap.");
+                break;
+            }
+            Buffered::Update(_) => {}
         }
     }
     sub.state = State::Active { last_seq };
@@ -701,6 +831,19 @@ fn send<T: serde::Serialize>(
             // lost for this socket only. The caller marks it lagging, and it
             // gets a fresh job-status once it can take one.
             tracing::warn!(sid = %socket.id, job = %job, event, error = %e, "Dropped a message for a socket.");
+            false
+        }
+    }
+}
+
+/// Sends one live message to one socket; `false` if it could not take it.
+fn send_live(metrics: &Metrics, socket: &SocketRef, live: &Live, job: Uuid) -> bool {
+    let result = socket.emit(live.event.as_str(), &live.data);
+    metrics.message(live.label, result.is_ok());
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(sid = %socket.id, job = %job, event = live.event, error = %e, "Dropped a live message for a socket.");
             false
         }
     }
