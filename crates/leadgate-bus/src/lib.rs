@@ -8,6 +8,8 @@
 //! subscription alive across Redis restarts; what a message means is the
 //! gateway's business.
 
+pub mod emitter;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,16 +39,50 @@ pub enum BusError {
     Timeout,
 }
 
-/// The channel names under one prefix.
+/// The channel names under one prefix, and those of Socket.IO's Redis
+/// emitter under its key.
 #[derive(Debug, Clone)]
 pub struct Channels {
     prefix: String,
+    emitter_key: Option<String>,
 }
 
 impl Channels {
     pub fn new(prefix: impl Into<String>) -> Self {
         Channels {
             prefix: prefix.into(),
+            emitter_key: None,
+        }
+    }
+
+    /// Also listens to `@socket.io/redis-emitter` publishing under `key`
+    /// (its default is `socket.io`); see [`emitter`].
+    pub fn with_emitter_key(mut self, key: Option<String>) -> Self {
+        self.emitter_key = key.filter(|k| !k.is_empty());
+        self
+    }
+
+    /// The patterns of the emitter's broadcast and request channels.
+    fn emitter_patterns(&self) -> Vec<String> {
+        self.emitter_key
+            .iter()
+            .flat_map(|key| {
+                let key = glob_escape(key);
+                [format!("{key}#*"), format!("{key}-request#*")]
+            })
+            .collect()
+    }
+
+    /// Whether `channel` is one of the emitter's, and which: `Some(true)`
+    /// for a broadcast, `Some(false)` for a request.
+    fn emitter_channel(&self, channel: &str) -> Option<bool> {
+        let rest = channel.strip_prefix(self.emitter_key.as_deref()?)?;
+        if rest.starts_with('#') {
+            Some(true)
+        } else if rest.starts_with("-request#") {
+            Some(false)
+        } else {
+            None
         }
     }
 
@@ -332,6 +368,10 @@ pub enum BusEvent<'a> {
     Resync { payload: &'a [u8] },
     /// A message on the leads channel.
     Leads { payload: &'a [u8] },
+    /// A broadcast of `@socket.io/redis-emitter` (see [`emitter`]).
+    Emitted { channel: &'a str, payload: &'a [u8] },
+    /// A request of `@socket.io/redis-emitter` (`socketsJoin` and the like).
+    EmitterRequest { channel: &'a str, payload: &'a [u8] },
 }
 
 /// Receives what the subscription sees. Called from the subscription task;
@@ -422,6 +462,9 @@ async fn subscribe_once(
     // the subscription (or shutdown) forever.
     let subscribe = async {
         sink.psubscribe(channels.job_pattern()).await?;
+        for pattern in channels.emitter_patterns() {
+            sink.psubscribe(pattern).await?;
+        }
         sink.subscribe(&[channels.resync(), channels.leads()]).await
     };
     tokio::select! {
@@ -451,6 +494,12 @@ async fn subscribe_once(
                     handler.on_event(BusEvent::Resync { payload });
                 } else if channel == channels.leads() {
                     handler.on_event(BusEvent::Leads { payload });
+                } else if let Some(broadcast) = channels.emitter_channel(channel) {
+                    handler.on_event(if broadcast {
+                        BusEvent::Emitted { channel, payload }
+                    } else {
+                        BusEvent::EmitterRequest { channel, payload }
+                    });
                 }
             }
             _ = ping.tick() => {
@@ -480,6 +529,17 @@ mod tests {
         assert_eq!(c.job_pattern(), "lg:job:*");
         assert_eq!(Channels::new("a*b:").job_pattern(), "a\\*b:job:*");
         assert_eq!(c.resync(), "lg:resync");
+        assert!(c.emitter_patterns().is_empty());
+        assert_eq!(c.emitter_channel("socket.io#/#"), None);
+        let c = c.with_emitter_key(Some("socket.io".into()));
+        assert_eq!(
+            c.emitter_patterns(),
+            ["socket.io#*".to_owned(), "socket.io-request#*".to_owned()]
+        );
+        assert_eq!(c.emitter_channel("socket.io#/#job:1#"), Some(true));
+        assert_eq!(c.emitter_channel("socket.io-request#/#"), Some(false));
+        assert_eq!(c.emitter_channel("socket.io-response#/#"), None);
+        assert_eq!(c.emitter_channel("lg:leads"), None);
         assert_eq!(
             (c.leads(), c.crawl()),
             ("lg:leads".into(), "lg:crawl".into())

@@ -57,6 +57,17 @@ pub struct Config {
     )]
     pub redis_prefix: String,
 
+    /// Key of Node.js workers' `@socket.io/redis-emitter` (its `key`
+    /// option): their broadcasts on `<key>#…` reach leadgate's sockets.
+    /// Empty: not listened to.
+    #[arg(
+        long,
+        env = "LEADGATE_REDIS_EMITTER_KEY",
+        default_value = "socket.io",
+        global = true
+    )]
+    pub redis_emitter_key: String,
+
     /// HS256 secret for verifying JWTs (at least 16 bytes). Exactly one of
     /// this or --jwt-public-key; with neither, leadgate runs in development
     /// mode with credentials from --dev-credentials.

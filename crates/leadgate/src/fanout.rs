@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use leadgate_bus::{BusEvent, BusHandler, Publisher};
+use leadgate_bus::{BusEvent, BusHandler, Publisher, emitter};
 use leadgate_protocol::leads::{CrawlRequested, LeadsChanged, LeadsChangedKind};
 use leadgate_protocol::{JobEvent, JobUpdate, WorkerEvent};
 use leadgate_store::Store;
@@ -171,6 +171,16 @@ impl BusHandler for RedisHandler {
                 Ok(message) => self.leads.changed(message.provider),
                 Err(e) => warn!(source = "redis", error = %e, "Ignored an invalid leads message."),
             },
+            BusEvent::Emitted { channel, payload } => self.on_emitted(channel, payload),
+            BusEvent::EmitterRequest { channel, payload } => {
+                warn!(
+                    source = "emitter",
+                    channel,
+                    request = emitter::request_name(payload),
+                    "Refused a request of @socket.io/redis-emitter: leadgate serves only its broadcasts (emit, to, except, of)."
+                );
+                self.metrics.worker_event("emitter", "refused");
+            }
             BusEvent::Resync { payload } => match serde_json::from_slice::<Vec<Uuid>>(payload) {
                 Ok(jobs) => jobs
                     .into_iter()
@@ -202,6 +212,12 @@ impl RedisHandler {
             warn!(source = "redis", job = %job, "Ignored a job event whose jobId differs from its channel's.");
             return invalid();
         }
+        self.deliver_worker_event(job, event, "redis");
+    }
+
+    /// Delivers a worker's valid event for `job` to this instance's
+    /// subscribers: in seq order when it has a seq, live when not.
+    fn deliver_worker_event(&self, job: Uuid, event: WorkerEvent, source: &'static str) {
         match event.seq {
             Some(seq) => {
                 let sent = self.hub.deliver(&JobUpdate {
@@ -212,9 +228,9 @@ impl RedisHandler {
                 // An event this instance applied (HTTP API) coming back is
                 // counted once, as `http`; the rest are workers' own.
                 if !self.metrics.delivered(job, seq) {
-                    self.metrics.worker_event("redis", "delivered");
+                    self.metrics.worker_event(source, "delivered");
                 }
-                debug!(source = "redis", job = %job, seq, sent, "Delivered a job event.");
+                debug!(source, job = %job, seq, sent, "Delivered a job event.");
             }
             None => {
                 // A worker with only a Redis client: the event has no place
@@ -226,10 +242,133 @@ impl RedisHandler {
                     label: "job-update",
                 });
                 let sent = self.hub.deliver_live(job, &live, &HashSet::new());
-                self.metrics.worker_event("redis", "live");
-                debug!(source = "redis", job = %job, sent, "Delivered a job event without seq.");
+                self.metrics.worker_event(source, "live");
+                debug!(source, job = %job, sent, "Delivered a job event without seq.");
             }
         }
+    }
+
+    /// A broadcast of `@socket.io/redis-emitter`: what leadgate has of
+    /// Socket.IO's rooms and namespaces is served, the rest refused with a
+    /// log line (the README lists both).
+    fn on_emitted(&self, channel: &str, payload: &[u8]) {
+        let emitted = match emitter::parse_broadcast(payload) {
+            Ok(emitted) => emitted,
+            Err(e) => {
+                warn!(source = "emitter", channel, error = %e, "Ignored a message of @socket.io/redis-emitter.");
+                return self.metrics.worker_event("emitter", "invalid");
+            }
+        };
+        let refuse = |why: &str| {
+            warn!(
+                source = "emitter",
+                channel,
+                nsp = emitted.nsp,
+                event = emitted.event,
+                "Refused a message of @socket.io/redis-emitter: {why}."
+            );
+            self.metrics.worker_event("emitter", "refused");
+        };
+        let mut args = emitted.args.iter();
+        let (Some(data), None) = (args.next(), args.next()) else {
+            return refuse("leadgate sends events with exactly one argument");
+        };
+        match emitted.nsp.as_str() {
+            "/" => {}
+            "/leads" => {
+                if emitted.event != "leads_updated" {
+                    return refuse(
+                        "on /leads only leads_updated is served (each client is sent its own page)",
+                    );
+                }
+                if !emitted.rooms.is_empty() || !emitted.except.is_empty() {
+                    return refuse("/leads has no rooms");
+                }
+                let provider = data
+                    .get("provider")
+                    .and_then(|p| p.as_str())
+                    .map(str::to_owned);
+                self.metrics.worker_event("emitter", "delivered");
+                return self.leads.changed(provider);
+            }
+            _ => return refuse("not a namespace of leadgate's (/ and /leads)"),
+        }
+        let jobs_of = |rooms: &[String]| -> (Vec<Uuid>, Vec<String>) {
+            let mut jobs = Vec::new();
+            let mut others = Vec::new();
+            for room in rooms {
+                match room
+                    .strip_prefix("job:")
+                    .and_then(|id| Uuid::try_parse(id).ok())
+                {
+                    Some(job) => jobs.push(job),
+                    None => others.push(room.clone()),
+                }
+            }
+            (jobs, others)
+        };
+        let (except, unknown_except) = jobs_of(&emitted.except);
+        let (mut jobs, unknown) = jobs_of(&emitted.rooms);
+        if !unknown.is_empty() || !unknown_except.is_empty() {
+            warn!(source = "emitter", channel, rooms = ?unknown.iter().chain(&unknown_except).collect::<Vec<_>>(), "A message of @socket.io/redis-emitter names rooms leadgate does not have (only job:<jobId>); no socket is in them.");
+        }
+        let mut skip = self.hub.subscribers(&except);
+        if emitted.event == "job-update" {
+            // A job's event goes to that job's subscribers only, even when
+            // sent to the whole namespace: it names its job.
+            let event = match WorkerEvent::from_value(data.clone()) {
+                Ok(event) => event,
+                Err(e) => return refuse(&format!("an invalid job-update: {e}")),
+            };
+            if emitted.rooms.is_empty() {
+                match event.job_id {
+                    Some(job) => jobs.push(job),
+                    None => {
+                        return refuse("a job-update to the whole namespace must carry its jobId");
+                    }
+                }
+            }
+            if event.seq.is_some() && !skip.is_empty() {
+                return refuse(
+                    "a job-update with seq cannot skip sockets (except): every subscriber must have every seq",
+                );
+            }
+            for job in jobs {
+                if event.job_id.is_some_and(|id| id != job) {
+                    refuse(&format!(
+                        "the job-update's jobId is not that of its room job:{job}"
+                    ));
+                    continue;
+                }
+                if event.seq.is_none() && !skip.is_empty() {
+                    let live = Arc::new(Live {
+                        event: "job-update".into(),
+                        data: live_update(job, &event.event),
+                        label: "job-update",
+                    });
+                    self.hub.deliver_live(job, &live, &skip);
+                    self.metrics.worker_event("emitter", "live");
+                } else {
+                    self.deliver_worker_event(job, event.clone(), "emitter");
+                }
+            }
+            return;
+        }
+        let live = Arc::new(Live {
+            event: emitted.event.clone(),
+            data: data.clone(),
+            label: "other",
+        });
+        if emitted.rooms.is_empty() {
+            self.hub.emit_all(&live, &skip);
+        } else {
+            // A socket in several of the rooms gets it once, as in Socket.IO.
+            for job in jobs {
+                self.hub.deliver_live(job, &live, &skip);
+                skip.extend(self.hub.subscribers(&[job]));
+            }
+        }
+        self.metrics.worker_event("emitter", "live");
     }
 }
 

@@ -573,6 +573,24 @@ impl Hub {
         sent
     }
 
+    /// Sends a live message to every socket of this instance on `/`, except
+    /// those in `skip`; subscribed or not, as Socket.IO's emit to a whole
+    /// namespace does. Returns how many sockets were sent it.
+    pub fn emit_all(&self, live: &Live, skip: &HashSet<Sid>) -> usize {
+        let Some(io) = self.io.get() else {
+            return 0;
+        };
+        let sockets = io.local().sockets();
+        let mut sent = 0;
+        for socket in sockets.iter().filter(|s| !skip.contains(&s.id)) {
+            // No job is behind it: a socket that cannot take it just misses it.
+            if send_live(&self.metrics, socket, live, Uuid::nil()) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// The sockets of this instance subscribed to any of `jobs`.
     pub fn subscribers(&self, jobs: &[Uuid]) -> HashSet<Sid> {
         let mut sids = HashSet::new();

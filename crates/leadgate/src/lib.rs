@@ -263,7 +263,8 @@ pub async fn run(
     let publisher = match config.redis_url() {
         None => None,
         Some(url) => {
-            let channels = Channels::new(config.redis_prefix.clone());
+            let channels = Channels::new(config.redis_prefix.clone())
+                .with_emitter_key(Some(config.redis_emitter_key.clone()));
             let publisher = Publisher::connect(url, channels.clone())
                 .await
                 .with_context(|| format!("cannot reach Redis at {}", redact_url(url)))?;

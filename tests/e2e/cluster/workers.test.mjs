@@ -12,6 +12,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { createRequire } from 'node:module';
+
+import { io } from 'socket.io-client';
+
 import {
   Client,
   RedisServer,
@@ -23,8 +27,15 @@ import {
   startCluster,
   uniquePrefix,
   uniqueUser,
+  token,
   until,
 } from './lib/cluster.mjs';
+
+// The packages a Node.js worker would use: `@socket.io/redis-emitter` on a
+// node-redis client (both CommonJS).
+const require = createRequire(import.meta.url);
+const { Emitter } = require('@socket.io/redis-emitter');
+const { createClient } = require('redis');
 
 let db;
 
@@ -193,4 +204,117 @@ test('Redis restarts under load: no request waits on the dead connection, and ev
   const last = await g0.postLog(job, 'the last one');
   await until(() => clients.every((x) => x.updates(job).some((u) => u.seq === last.seq)), { what: `seq ${last.seq} as a job-update everywhere` });
   for (const x of clients) assert.ok(x.socket.connected, `${x.name} stayed connected`);
+});
+
+test('Node.js workers on @socket.io/redis-emitter reach the same sockets on every instance', { timeout: 120_000 }, async (t) => {
+  // A Redis of its own: the emitter's default key, and whole-namespace
+  // emits that reach no other test's sockets.
+  const redis = await RedisServer.start();
+  t.after(() => redis.kill());
+  const c = await cluster(t, { redisUrl: redis.url, prefix: uniquePrefix('emitter'), size: 2 });
+  const client = createClient({ url: redis.url });
+  client.on('error', () => {});
+  await client.connect();
+  t.after(() => client.disconnect().catch(() => {}));
+  const emitter = new Emitter(client);
+
+  const user = uniqueUser('emitter');
+  const [jobA, jobB] = [await c.gateways[0].createJob(user, 10), await c.gateways[1].createJob(user, 10)];
+  const onA = [];
+  const onB = [];
+  const onBoth = [];
+  const idle = [];
+  const leadsViews = [];
+  const notes = new Map();
+  for (const g of c.gateways) {
+    const a = await new Client(g.url, { user, name: `${g.name}-A`, cluster: c }).connected();
+    await a.subscribe(jobA);
+    const b = await new Client(g.url, { user, name: `${g.name}-B`, cluster: c }).connected();
+    await b.subscribe(jobB);
+    const both = await new Client(g.url, { user, name: `${g.name}-AB`, cluster: c }).connected();
+    await both.subscribe(jobA);
+    await both.subscribe(jobB);
+    const none = await new Client(g.url, { user, name: `${g.name}-none`, cluster: c }).connected();
+    onA.push(a);
+    onB.push(b);
+    onBoth.push(both);
+    idle.push(none);
+    for (const x of [a, b, both, none]) {
+      notes.set(x, []);
+      for (const event of ['announcement', 'note']) x.socket.on(event, (data) => notes.get(x).push([event, data]));
+    }
+    const view = io(`${g.url}/leads`, { forceNew: true, transports: ['websocket'], auth: { token: token(user) }, reconnection: false });
+    c.sockets.add(view);
+    const seen = [];
+    view.onAny((event, data) => seen.push([event, data]));
+    await until(() => seen.some(([e]) => e === 'leads_init'), { what: `leads_init on ${g.name}` });
+    leadsViews.push(seen);
+  }
+  const everyone = [...onA, ...onB, ...onBoth, ...idle];
+  const plain = (x, job) => x.updates(job).filter((u) => u.seq === undefined).map((u) => u.log?.message);
+  const log = (message) => ({ type: 'log', log: { level: 'info', message, timestamp: new Date('2026-12-03T10:00:00.250Z') } });
+
+  // to(room).emit: the job's subscribers on both instances, in order.
+  for (let n = 1; n <= 3; n++) emitter.to(`job:${jobA}`).emit('job-update', log(`emitted ${n}`));
+  // With seq, the ordered path: seq 1 and 2 of job A.
+  emitter.to(`job:${jobA}`).emit('job-update', { type: 'progress', progress: 10, processedLeads: 1, totalLeads: 10, seq: 1 });
+  emitter.to(`job:${jobA}`).emit('job-update', { type: 'progress', progress: 20, processedLeads: 2, totalLeads: 10, seq: 2 });
+  // except: not to the sockets that follow job B.
+  emitter.to(`job:${jobA}`).except(`job:${jobB}`).emit('job-update', log('not for B'));
+  // A whole-namespace job-update goes to its job's subscribers only.
+  emitter.emit('job-update', { jobId: jobB, ...log('to B by its jobId') });
+  // Any other event: to the rooms' sockets once each, or to everyone.
+  emitter.to([`job:${jobA}`, `job:${jobB}`]).emit('note', { n: 1 });
+  emitter.emit('announcement', { text: 'maintenance at noon' });
+  // The leads namespace: each view is sent its own page.
+  emitter.of('/leads').emit('leads_updated', { type: 'leads_updated', provider: 'xing' });
+
+  await until(() => [...onA, ...onBoth].every((x) => x.updates(jobA).length >= 5), { what: 'five job-updates of A on every subscriber' });
+  await until(() => everyone.every((x) => notes.get(x).some(([e]) => e === 'announcement')), { what: 'the announcement everywhere' });
+  await until(() => leadsViews.every((seen) => seen.some(([e]) => e === 'leads_updated')), { what: 'leads_updated on every /leads view' });
+  await sleep(500);
+
+  for (const x of onA) {
+    assert.deepEqual(plain(x, jobA), ['emitted 1', 'emitted 2', 'emitted 3', 'not for B'], x.name);
+    assert.deepEqual(x.updates(jobA).filter((u) => u.seq !== undefined).map((u) => [u.seq, u.progress]), [[1, 10], [2, 20]], x.name);
+    assert.equal(x.updates(jobA).find((u) => u.seq === undefined).log.timestamp, '2026-12-03T10:00:00.250Z', 'a Date arrives as its ISO text');
+    assert.deepEqual(notes.get(x), [['note', { n: 1 }], ['announcement', { text: 'maintenance at noon' }]], x.name);
+  }
+  for (const x of onBoth) {
+    assert.deepEqual(plain(x, jobA), ['emitted 1', 'emitted 2', 'emitted 3'], `${x.name}: except job:B skipped it`);
+    assert.deepEqual(plain(x, jobB), ['to B by its jobId'], x.name);
+    assert.deepEqual(notes.get(x), [['note', { n: 1 }], ['announcement', { text: 'maintenance at noon' }]], `${x.name}: the note once`);
+  }
+  for (const x of onB) {
+    assert.deepEqual(plain(x, jobB), ['to B by its jobId'], x.name);
+    assert.equal(x.updates(jobA).length, 0, x.name);
+  }
+  for (const x of idle) {
+    assert.equal(x.updates().length, 0, `${x.name} follows no job`);
+    assert.deepEqual(notes.get(x), [['announcement', { text: 'maintenance at noon' }]], x.name);
+  }
+
+  // What leadgate does not serve is refused with a log line and reaches nobody.
+  const before = everyone.map((x) => x.events.length + notes.get(x).length);
+  emitter.socketsJoin(`job:${jobA}`);
+  emitter.in(`job:${jobA}`).disconnectSockets();
+  emitter.serverSideEmit('hello');
+  emitter.of('/elsewhere').emit('note', 1);
+  emitter.to(`job:${jobA}`).emit('job-update', { type: 'bogus' });
+  emitter.to(`job:${jobA}`).emit('note', Buffer.from([1, 2, 3]));
+  emitter.to(`job:${jobA}`).emit('note', 1, 2);
+  await until(
+    () => c.gateways.every((g) => (g.output().match(/Refused a (request|message) of @socket.io\/redis-emitter/g) ?? []).length >= 5),
+    { what: 'a log line per refused emitter message on every instance' },
+  );
+  for (const g of c.gateways) {
+    const out = g.output();
+    for (const what of ['socketsJoin', 'disconnectSockets', 'serverSideEmit', 'not a namespace', 'invalid job-update', 'exactly one argument']) {
+      assert.ok(out.includes(what), `${g.name} logs ${what}`);
+    }
+    assert.match(out, /binary arguments/);
+  }
+  await sleep(300);
+  assert.deepEqual(everyone.map((x) => x.events.length + notes.get(x).length), before, 'nothing reached a client');
+  for (const x of everyone) assert.ok(x.socket.connected, `${x.name} is still connected`);
 });
