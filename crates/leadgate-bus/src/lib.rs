@@ -26,8 +26,8 @@ const PING_EVERY: Duration = Duration::from_secs(5);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 // A lost subscription is made again within these bounds of Redis taking
 // connections again: events published meanwhile are lost to this instance.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_millis(200);
+const BACKOFF_MIN: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -136,7 +136,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// refused connection answers at once.
 const RECONNECT_INLINE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Between connection attempts while Redis is down.
-const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+const RECONNECT_EVERY: Duration = Duration::from_millis(50);
 
 /// Publishes events without ever making its caller wait on a dead
 /// connection.
@@ -382,7 +382,7 @@ pub trait BusHandler: Send + Sync + 'static {
 
 /// Runs the subscription until `cancel`: connects, subscribes to every job
 /// channel and the resync channel, hands messages to `handler`, and when the
-/// connection fails, reconnects with exponential backoff (50 ms to 0.2 s) and
+/// connection fails, reconnects with exponential backoff (25 ms to 0.1 s) and
 /// subscribes again.
 pub async fn run_subscription(
     url: String,
