@@ -240,3 +240,61 @@ async fn an_idle_subscription_stays_up() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+/// Sockets that subscribe while a worker publishes without seq get, after
+/// their `job-status`, an unbroken run of the events up to the last one, in
+/// order and none twice, whether an event reached them in the room, one by
+/// one, or buffered while their snapshot loaded. Many subscribe at once, so
+/// that snapshots queue for the database while events arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_reach_sockets_that_subscribe_meanwhile_in_order() {
+    const EVENTS: usize = 1500;
+    let redis_url = shared_redis_url().await;
+    let prefix = unique_prefix();
+    let (a, b) = pair(Backend::Postgres, &redis_url, &prefix).await;
+    let job = a.create_job("alice").await;
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let channel = format!("{prefix}job:{job}");
+    // Connected first; they subscribe all at once below.
+    let mut sockets = Vec::new();
+    for n in 0..32 {
+        let gw = if n % 2 == 0 { &a } else { &b };
+        sockets.push(SioClient::connect(gw.addr, &gw.token("alice")).await);
+    }
+    let publisher = tokio::spawn(async move {
+        for n in 1..=EVENTS {
+            let plain = json!({"type": "log", "log": {"level": "info", "message": n.to_string()}});
+            let _: i64 = conn.publish(&channel, plain.to_string()).await.unwrap();
+            // About 3,000 a second: a rate every client keeps up with (one
+            // that could not would rightly miss events).
+            if n % 3 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for socket in &mut sockets {
+        socket.emit("subscribe-job", json!(job)).await;
+    }
+    publisher.await.unwrap();
+    for socket in &mut sockets {
+        socket.expect("job-status").await;
+        let mut got = Vec::new();
+        while got.last() != Some(&EVENTS) {
+            let update = socket.expect("job-update").await;
+            assert!(update.get("seq").is_none(), "{update}");
+            got.push(
+                update["log"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+        let broken = got.windows(2).find(|w| w[1] != w[0] + 1);
+        assert_eq!(broken, None, "an unbroken run from {} to {EVENTS}", got[0]);
+    }
+    b.shutdown().await;
+    a.shutdown().await;
+}
