@@ -277,21 +277,32 @@ async fn live_events_reach_sockets_that_subscribe_meanwhile_in_order() {
     for socket in &mut sockets {
         socket.emit("subscribe-job", json!(job)).await;
     }
+    // Every client reads as the events come, as a browser does: one left
+    // unread would fill its queue and rightly lose events.
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            tokio::spawn(async move {
+                socket.expect("job-status").await;
+                let mut got = Vec::new();
+                while got.last() != Some(&EVENTS) {
+                    let update = socket.expect("job-update").await;
+                    assert!(update.get("seq").is_none(), "{update}");
+                    got.push(
+                        update["log"]["message"]
+                            .as_str()
+                            .unwrap()
+                            .parse::<usize>()
+                            .unwrap(),
+                    );
+                }
+                got
+            })
+        })
+        .collect();
     publisher.await.unwrap();
-    for socket in &mut sockets {
-        socket.expect("job-status").await;
-        let mut got = Vec::new();
-        while got.last() != Some(&EVENTS) {
-            let update = socket.expect("job-update").await;
-            assert!(update.get("seq").is_none(), "{update}");
-            got.push(
-                update["log"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap(),
-            );
-        }
+    for reader in readers {
+        let got = reader.await.unwrap();
         let broken = got.windows(2).find(|w| w[1] != w[0] + 1);
         assert_eq!(broken, None, "an unbroken run from {} to {EVENTS}", got[0]);
     }

@@ -269,9 +269,10 @@ impl RedisHandler {
             );
             self.metrics.worker_event("emitter", "refused");
         };
-        let mut args = emitted.args.iter();
-        let (Some(data), None) = (args.next(), args.next()) else {
-            return refuse("leadgate sends events with exactly one argument");
+        let data = match emitted.args.as_slice() {
+            [] => None,
+            [data] => Some(data),
+            _ => return refuse("leadgate sends events with one argument"),
         };
         match emitted.nsp.as_str() {
             "/" => {}
@@ -285,7 +286,7 @@ impl RedisHandler {
                     return refuse("/leads has no rooms");
                 }
                 let provider = data
-                    .get("provider")
+                    .and_then(|d| d.get("provider"))
                     .and_then(|p| p.as_str())
                     .map(str::to_owned);
                 self.metrics.worker_event("emitter", "delivered");
@@ -293,6 +294,9 @@ impl RedisHandler {
             }
             _ => return refuse("not a namespace of leadgate's (/ and /leads)"),
         }
+        let Some(data) = data else {
+            return refuse("leadgate sends events with one argument");
+        };
         let jobs_of = |rooms: &[String]| -> (Vec<Uuid>, Vec<String>) {
             let mut jobs = Vec::new();
             let mut others = Vec::new();
