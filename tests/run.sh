@@ -8,47 +8,102 @@
 #      fanned out through Redis, fed by the example workers;
 #   4. the browser tests: the examples (React, Vue, leads page) built with
 #      Vite and driven in headless Chromium against the gateway binary.
-# Needs: Rust, Node.js 20+ with npm, Python 3 with venv, PostgreSQL on
-# 127.0.0.1:5432 (or LEADGATE_TEST_POSTGRES_URL), Redis on 127.0.0.1:6379 (or
-# LEADGATE_TEST_REDIS_URL), redis-server on the PATH and Chromium at
-# /usr/bin/chromium (or LEADGATE_TEST_CHROMIUM). Nothing is skipped
-# when a service is missing: the run fails and says how to start it.
+# Needs Rust, Node.js 20+ with npm, Python 3, PostgreSQL and Redis, as the
+# README describes. Everything else it sets up itself: the Debian packages
+# it is missing (Chromium, the sqlite3 and psql shells, nginx, docker-compose,
+# redis-server, python3-venv), PostgreSQL and Redis on this machine if they
+# are not running, and the npm and Python packages. Where it cannot (no
+# root, no apt-get), it stops with the command to run. Nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need() {
   command -v "$1" >/dev/null 2>&1 || { echo "tests/run.sh: '$1' is missing: $2" >&2; exit 1; }
 }
-need cargo "install Rust (rustup.rs)"
+need cargo "install Rust (https://rustup.rs)"
 need node "install Node.js 20 or newer"
 need npm "install npm (it comes with Node.js)"
 need python3 "install Python 3"
-need redis-server "install Redis (apt-get install redis-server)"
-need sqlite3 "install the SQLite shell (apt-get install sqlite3)"
-need psql "install the PostgreSQL client (apt-get install postgresql-client)"
+
+# System packages: command or file -> Debian package.
 chromium=${LEADGATE_TEST_CHROMIUM:-/usr/bin/chromium}
-[ -x "$chromium" ] || { echo "tests/run.sh: Chromium is missing at $chromium: install it (apt-get install chromium) or set LEADGATE_TEST_CHROMIUM" >&2; exit 1; }
+missing=()
+[ -x "$chromium" ] || missing+=(chromium)
+command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# (docker-compose only parses the compose file here: not the Docker engine
+# it recommends.)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose docker.io-)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  install=(apt-get install -y -qq "${missing[@]}")
+  if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=(sudo); else sudo=(none); fi
+  if ! command -v apt-get >/dev/null 2>&1 || [ "${sudo[0]:-}" = none ]; then
+    echo "tests/run.sh: missing ${missing[*]}; install them and run again:" >&2
+    echo "  sudo apt-get update && sudo ${install[*]}" >&2
+    [ -x "$chromium" ] || echo "  (or point LEADGATE_TEST_CHROMIUM at a Chromium)" >&2
+    exit 1
+  fi
+  echo "==> installing ${missing[*]} (apt-get)"
+  # Debian starts a freshly installed nginx or redis-server as a service;
+  # the tests start their own, so the package scripts are told not to.
+  own_policy=false
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${sudo[@]}" chmod +x /usr/sbin/policy-rc.d
+    own_policy=true
+  fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${install[@]}" >/dev/null || status=$?
+  if $own_policy; then "${sudo[@]}" rm -f /usr/sbin/policy-rc.d; fi
+  [ "${status:-0}" = 0 ] || { echo "tests/run.sh: could not install ${missing[*]}" >&2; exit 1; }
+fi
+[ -x "$chromium" ] || { echo "tests/run.sh: no Chromium at $chromium (set LEADGATE_TEST_CHROMIUM)" >&2; exit 1; }
 
 reachable() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+local_host() { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ]; }
+wait_for() {
+  for _ in $(seq 1 100); do reachable "$1" "$2" && return 0; sleep 0.1; done
+  return 1
+}
 
 postgres_url=${LEADGATE_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 hostport=${postgres_url#*@}
 hostport=${hostport%%/*}
-if ! reachable "${hostport%%:*}" "${hostport##*:}"; then
-  echo "tests/run.sh: PostgreSQL is not reachable at $hostport." >&2
-  echo "  Start it: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
-  echo "  or point LEADGATE_TEST_POSTGRES_URL at a server where you may create databases." >&2
-  exit 1
+pg_host=${hostport%%:*} pg_port=${hostport##*:}
+if ! reachable "$pg_host" "$pg_port"; then
+  if local_host "$pg_host" && command -v pg_ctlcluster >/dev/null 2>&1 && [ -n "$(ls /etc/postgresql 2>/dev/null)" ] && [ "$(id -u)" = 0 ]; then
+    echo "==> starting PostgreSQL (pg_ctlcluster)"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | tail -1)" main start
+    wait_for "$pg_host" "$pg_port" || true
+  fi
+  if ! reachable "$pg_host" "$pg_port"; then
+    echo "tests/run.sh: PostgreSQL is not reachable at $hostport." >&2
+    echo "  Start it: sudo pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
+    echo "  or point LEADGATE_TEST_POSTGRES_URL at a server where you may create databases." >&2
+    exit 1
+  fi
 fi
 
 redis_url=${LEADGATE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 redis_hostport=${redis_url#redis://}
 redis_hostport=${redis_hostport##*@}
 redis_hostport=${redis_hostport%%/*}
-if ! reachable "${redis_hostport%%:*}" "${redis_hostport##*:}"; then
-  echo "tests/run.sh: Redis is not reachable at $redis_hostport." >&2
-  echo "  Start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no" >&2
-  exit 1
+redis_host=${redis_hostport%%:*} redis_port=${redis_hostport##*:}
+if ! reachable "$redis_host" "$redis_port"; then
+  if local_host "$redis_host"; then
+    echo "==> starting Redis on port $redis_port (in-memory, nothing kept on disk)"
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+      --dir /tmp --logfile "/tmp/leadgate-test-redis-$redis_port.log"
+    wait_for "$redis_host" "$redis_port" || true
+  fi
+  if ! reachable "$redis_host" "$redis_port"; then
+    echo "tests/run.sh: Redis is not reachable at $redis_hostport." >&2
+    echo "  Start it: redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no" >&2
+    exit 1
+  fi
 fi
 
 echo "==> npm ci (tests/e2e, examples/node-worker)"

@@ -1,13 +1,14 @@
 // Cluster end-to-end tests: several leadgate processes on one PostgreSQL
-// database and one Redis, browsers on the stock socket.io-client v4 (WebSocket
-// transport), workers that publish through Redis, a TCP load balancer, a
-// Redis restart, SIGKILL and SIGTERM.
+// database and one Redis, browsers on the stock socket.io-client v4, workers
+// that publish through Redis, nginx in front with deploy/nginx.conf as it
+// ships, a Redis restart, SIGKILL and SIGTERM.
 //
 //   node --test tests/e2e/cluster/          (from the repository root)
 //
 // Needs the built binary (target/debug/leadgate or LEADGATE_BIN), PostgreSQL
 // on 127.0.0.1:5432 (user postgres, trust), Redis on 127.0.0.1:6379, the
-// `redis-server` binary, and `npm ci` in tests/e2e and examples/node-worker.
+// `redis-server` and `nginx` binaries, and `npm ci` in tests/e2e and
+// examples/node-worker.
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +17,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
+import { request } from '../lib/harness.mjs';
+import { connectLeads } from '../lib/leads.mjs';
 import {
+  API_KEY,
   REPO_ROOT,
   Client,
   RedisServer,
@@ -24,6 +28,7 @@ import {
   createDatabase,
   sleep,
   startCluster,
+  token,
   uniquePrefix,
   uniqueUser,
   until,
@@ -66,13 +71,6 @@ async function connectAll(specs) {
   const clients = [];
   for (const { url, ...opts } of specs) clients.push(await new Client(url, opts).connected());
   return clients;
-}
-
-/** The gateway a client connected through the load balancer is piped to now. */
-function backendOf(lb, client) {
-  const port = client.localPort();
-  const conn = [...lb.history].reverse().find((c) => c.clientPort === port && c.open);
-  return conn?.backend;
 }
 
 function assertNoStreamProblems(clients, jobId) {
@@ -334,19 +332,26 @@ test('2: Redis restart: clients stay connected, converge to the true state, and 
 // ---------------------------------------------------------------------------
 
 /**
- * Six clients through the load balancer (two per instance, in round-robin
- * order), each re-subscribing on every `connect` like the seed's React hook.
+ * Six clients through nginx, three on each instance behind it, each
+ * re-subscribing on every `connect` like the seed's React hook. nginx pins
+ * a client by address, so clients connect from 127.0.k.1 for k = 1, 2, …
+ * until each instance has three (the addresses nginx hashes to an instance
+ * that is full are let go).
  */
 async function lbClients(c, user, job, opts = {}) {
-  const clients = await connectAll(
-    [0, 1, 2, 3, 4, 5].map((i) => ({ url: c.lb.url, user, name: `lb-${i}`, resubscribe: job, reconnection: true, cluster: c, ...opts })),
-  );
-  await until(() => clients.every((x) => x.count('job-status') === 1), { timeoutMs: 10_000, what: 'a job-status on every client' });
-  const placed = clients.map((x) => [x, backendOf(c.lb, x)]);
-  for (const [x, b] of placed) assert.ok(b, `${x.name}: no load balancer connection found for it`);
-  for (const g of c.gateways) {
-    assert.equal(placed.filter(([, b]) => b === g).length, 2, `round-robin: two clients on ${g.name}`);
+  const balanced = c.lb.backends;
+  const placed = [];
+  for (let k = 1; k <= 40 && placed.length < 6; k++) {
+    const x = await new Client(c.lb.url, { user, name: `lb-127.0.${k}.1`, resubscribe: job, reconnection: true, cluster: c, localAddress: `127.0.${k}.1`, ...opts }).connected();
+    await until(() => c.backendOf(x), { what: `the instance of ${x.name}` });
+    const b = c.backendOf(x);
+    assert.ok(balanced.includes(b), `${x.name} is on an instance behind nginx (${b.name})`);
+    if (placed.filter(([, p]) => p === b).length < 3) placed.push([x, b]);
+    else x.close();
   }
+  for (const g of balanced) assert.equal(placed.filter(([, b]) => b === g).length, 3, `nginx put three clients on ${g.name}`);
+  const clients = placed.map(([x]) => x);
+  await until(() => clients.every((x) => x.count('job-status') === 1), { timeoutMs: 10_000, what: 'a job-status on every client' });
   return placed;
 }
 
@@ -385,7 +390,7 @@ async function instanceGoesAway(t, signal) {
     assert.ok(status.seq >= 3 && status.seq <= mid.seq, `${x.name}: job-status seq ${status.seq} is the job's current state`);
     assert.equal(status.status, 'processing');
     assert.ok(status.progress >= 20, `${x.name}: job-status progress ${status.progress} reflects the events before the ${signal}`);
-    const b = backendOf(c.lb, x);
+    const b = c.backendOf(x);
     assert.ok(b && b !== victim, `${x.name} came back on another instance (${b?.name})`);
   }
   for (const x of others) assert.equal(x.count('disconnect'), 0, `${x.name} (on a surviving instance) was disconnected`);
@@ -406,7 +411,6 @@ async function instanceGoesAway(t, signal) {
     assert.equal(tail.at(-1).type, 'complete');
   }
   assertNoStreamProblems(clients, job);
-  assert.equal(c.lb.connections(victim).length, 0, `no load balancer connection left to ${victim.name}`);
   return { exit, victims, others };
 }
 
@@ -445,9 +449,74 @@ test("4b: SIGTERM: stock clients see 'transport close' and reconnect by themselv
   }
   await until(() => victims.every((x) => x.count('connect') >= 2), { timeoutMs: 15_000, what: 'the reconnects' });
   for (const x of victims) {
-    const b = backendOf(c.lb, x);
+    const b = c.backendOf(x);
     assert.ok(b && b !== victim, `${x.name} came back on another instance (${b?.name})`);
   }
+});
+
+// ---------------------------------------------------------------------------
+// 6. nginx as deploy/nginx.conf ships it
+// ---------------------------------------------------------------------------
+
+test('6: through nginx as shipped: stock clients on default transports (long-polling, then the upgrade), long-polling only, /leads and /ws/leads/, and the worker API', { timeout: 120_000 }, async (t) => {
+  const c = await cluster(t, { size: 2 });
+  const lb = { url: c.lb.url };
+  const user = uniqueUser('nginx');
+  const created = await request(lb, 'POST', '/api/v1/jobs', { apiKey: API_KEY, body: { user_id: user, total_leads: 10 } });
+  assert.equal(created.status, 201, `POST /api/v1/jobs through nginx: ${created.text}`);
+  const job = created.body.jobId;
+
+  // Stock clients with socket.io-client's default transports, from
+  // addresses nginx pins to one instance or the other, until each instance
+  // has two.
+  const clients = [];
+  const addressOf = new Map(); // gateway -> an address nginx sends to it
+  for (let k = 1; k <= 40 && c.gateways.some((g) => clients.filter((x) => x.backend === g).length < 2); k++) {
+    const x = await new Client(lb.url, { user, name: `default-127.0.${k}.1`, transports: null, localAddress: `127.0.${k}.1`, cluster: c }).connected();
+    await until(() => c.backendOf(x), { what: `the instance of ${x.name}` });
+    x.backend = c.backendOf(x);
+    addressOf.set(x.backend, `127.0.${k}.1`);
+    if (clients.filter((y) => y.backend === x.backend).length < 2) clients.push(x);
+    else x.close();
+  }
+  for (const g of c.gateways) assert.equal(clients.filter((x) => x.backend === g).length, 2, `nginx put two clients on ${g.name}`);
+  // Each starts on long-polling and upgrades to WebSocket through nginx.
+  await until(() => clients.every((x) => x.transport === 'websocket'), { what: `the upgrade to WebSocket (${clients.map((x) => `${x.name}: ${x.transport}`).join(', ')})` });
+  // Long-polling only: every request of a session must reach the instance
+  // that holds it, or the session ends ("Session ID unknown").
+  for (const g of c.gateways) {
+    const x = await new Client(lb.url, { user, name: `polling-${g.name}`, transports: ['polling'], localAddress: addressOf.get(g), cluster: c }).connected();
+    await until(() => c.backendOf(x), { what: `the instance of ${x.name}` });
+    x.backend = c.backendOf(x);
+    assert.equal(x.backend, g, `${x.name} went where its address is pinned`);
+    clients.push(x);
+  }
+  for (const x of clients) await x.subscribe(job);
+
+  // Leads views through nginx: Socket.IO /leads (upgraded) and /ws/leads/.
+  const leadsViews = [
+    await connectLeads(lb, 'sio-upgrade', { token: token(user) }, t),
+    await connectLeads(lb, 'ws', { token: token(user) }, t),
+  ];
+
+  // Worker events through nginx reach every client on both instances, in
+  // order, over a few seconds of long-polling.
+  for (let n = 1; n <= 10; n++) {
+    const r = await request(lb, 'POST', `/api/v1/jobs/${job}/events`, { apiKey: API_KEY, body: { type: 'progress', progress: n * 10, processedLeads: n, totalLeads: 10 } });
+    assert.equal(r.status, 202, `event ${n} through nginx: ${r.text}`);
+    await sleep(200);
+  }
+  await waitForState(clients, job, 10, 10_000, 'the events posted through nginx');
+  assertNoStreamProblems(clients, job);
+  for (const x of clients) {
+    assert.equal(x.count('disconnect'), 0, `${x.name} stayed connected (${summarize(x)})`);
+    assert.equal(x.count('connect'), 1, `${x.name} connected once`);
+  }
+  assert.ok(clients.filter((x) => x.name.startsWith('polling-')).every((x) => x.transport === 'polling'));
+
+  const r = await request(lb, 'POST', '/api/v1/leads/events', { apiKey: API_KEY, body: { type: 'leads_updated' } });
+  assert.equal(r.status, 202, `leads announcement through nginx: ${r.text}`);
+  for (const v of leadsViews) await v.waitFor('leads_updated');
 });
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-// Several leadgate processes on one PostgreSQL database and one Redis, a tiny
-// TCP load balancer in front of them, and a private redis-server that can be
-// killed and started again — the pieces of the cluster end-to-end tests.
+// Several leadgate processes on one PostgreSQL database and one Redis, nginx
+// in front of them with the configuration that ships (deploy/nginx.conf), and
+// a private redis-server that can be killed and started again — the pieces of
+// the cluster end-to-end tests.
 //
 // Nothing here needs a package beyond node: and socket.io-client (resolved
 // from tests/e2e/node_modules): Redis is spoken to in raw RESP over node:net,
@@ -9,7 +10,9 @@
 import { spawn, execFile } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -450,105 +453,112 @@ function withTimeout(promise, ms, what) {
 }
 
 // ---------------------------------------------------------------------------
-// Load balancer
+// Load balancer: nginx with the configuration that ships
 // ---------------------------------------------------------------------------
 
+export const NGINX_CONF = path.join(REPO_ROOT, 'deploy', 'nginx.conf');
+
+function nginxBinary() {
+  if (process.env.LEADGATE_TEST_NGINX) return process.env.LEADGATE_TEST_NGINX;
+  for (const dir of [...(process.env.PATH || '').split(':'), '/usr/sbin']) {
+    const candidate = path.join(dir, 'nginx');
+    if (dir && fs.existsSync(candidate)) return candidate;
+  }
+  throw new Error('nginx is missing: apt-get install nginx (tests/run.sh installs it), or set LEADGATE_TEST_NGINX');
+}
+
 /**
- * A TCP load balancer on 127.0.0.1: round-robin over its backends; a client
- * connection whose backend cannot be reached tries the next one; when either
- * side of a piped connection closes, so does the other.
+ * `deploy/nginx.conf` as shipped, with only its addresses and ports
+ * replaced: the two compose services `leadgate-1:3000` and `leadgate-2:3000`
+ * by the two gateways, `listen 80` by 127.0.0.1 and `port`. Fails if the
+ * file no longer has exactly those, so the tests cannot drift from it.
  */
-export class LoadBalancer {
-  /** @param backends array of `{ name, port }` (e.g. Gateway objects) */
+export function nginxConfig(backends, port) {
+  if (backends.length !== 2) throw new Error(`deploy/nginx.conf balances two instances, not ${backends.length}`);
+  let conf = fs.readFileSync(NGINX_CONF, 'utf8');
+  const replace = (from, to) => {
+    const count = conf.split(from).length - 1;
+    if (count !== 1) throw new Error(`deploy/nginx.conf: expected "${from}" once, found it ${count} times`);
+    conf = conf.replace(from, to);
+  };
+  replace('server leadgate-1:3000 ', `server 127.0.0.1:${backends[0].port} `);
+  replace('server leadgate-2:3000 ', `server 127.0.0.1:${backends[1].port} `);
+  replace('listen 80;', `listen 127.0.0.1:${port};`);
+  return conf;
+}
+
+/**
+ * Debian's nginx in front of two gateways, run in the foreground from a
+ * scratch directory (pid file and error log there; its command line sets
+ * nothing but those). Sticky by client address (`ip_hash` on the first
+ * three bytes of an IPv4 address): clients that should land on different
+ * instances connect from different 127.x.y.1 addresses (see `Client`).
+ */
+export class Nginx {
   constructor(backends) {
     this.backends = backends;
-    this.next = 0;
-    this.nextId = 1;
-    /** every accepted client connection, in order: `{ id, backend, clientPort, open, failedOver }` */
-    this.history = [];
-    this.live = new Set();
-    this.server = net.createServer({ pauseOnConnect: true }, (client) => this.#accept(client));
-  }
-
-  async listen() {
-    await new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(0, '127.0.0.1', resolve);
-    });
-    this.port = this.server.address().port;
-    return this;
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'leadgate-nginx-'));
+    this.child = null;
+    this.out = '';
   }
 
   get url() {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  /** Open piped connections, optionally only those to `backend`. */
-  connections(backend) {
-    return [...this.live].filter((c) => backend === undefined || c.backend === backend);
-  }
-
-  #accept(client) {
-    const conn = { id: this.nextId++, backend: null, clientPort: client.remotePort, open: false, tried: [] };
-    this.history.push(conn);
-    client.on('error', () => {});
-    let clientGone = false;
-    client.once('close', () => (clientGone = true));
-    const n = this.backends.length;
-    const start = this.next;
-    this.next = (this.next + 1) % n;
-    const attempt = (i) => {
-      if (clientGone) return;
-      if (i >= n) {
-        conn.error = 'no backend reachable';
-        client.destroy();
-        return;
-      }
-      const backend = this.backends[(start + i) % n];
-      conn.tried.push(backend.name);
-      const upstream = net.connect(backend.port, '127.0.0.1');
-      let connected = false;
-      upstream.once('error', () => {
-        if (!connected) attempt(i + 1);
-      });
-      upstream.once('connect', () => {
-        connected = true;
-        if (clientGone) {
-          upstream.destroy();
-          return;
-        }
-        conn.backend = backend;
-        conn.open = true;
-        this.live.add(conn);
-        conn.client = client;
-        conn.upstream = upstream;
-        const close = () => {
-          if (!conn.open) return;
-          conn.open = false;
-          this.live.delete(conn);
-          client.destroy();
-          upstream.destroy();
-        };
-        client.once('close', close);
-        upstream.once('close', close);
-        upstream.on('error', close);
-        client.on('error', close);
-        client.pipe(upstream);
-        upstream.pipe(client);
-        client.resume();
-      });
-    };
-    attempt(0);
-  }
-
-  /** Closes the listener and every piped connection. */
-  async close() {
-    await new Promise((resolve) => this.server.close(() => resolve()));
-    for (const c of this.live) {
-      c.client?.destroy();
-      c.upstream?.destroy();
+  async start({ timeoutMs = 10_000 } = {}) {
+    this.port = await freePort();
+    const conf = path.join(this.dir, 'nginx.conf');
+    fs.writeFileSync(conf, nginxConfig(this.backends, this.port));
+    const errorLog = path.join(this.dir, 'error.log');
+    const global = `daemon off; master_process on; pid ${path.join(this.dir, 'nginx.pid')}; error_log ${errorLog} info;`;
+    const child = track(spawn(nginxBinary(), ['-p', this.dir, '-e', errorLog, '-c', conf, '-g', global], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    this.child = child;
+    child.stdout.on('data', (c) => (this.out += c));
+    child.stderr.on('data', (c) => (this.out += c));
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    let gone = null;
+    this.exited.then((e) => (gone = e));
+    child.once('error', (err) => (gone = { error: err.message }));
+    try {
+      await until(
+        async () => {
+          if (gone) throw new Error(`nginx exited: ${JSON.stringify(gone)}\n${this.log()}`);
+          return new Promise((resolve) => {
+            const probe = net.connect(this.port, '127.0.0.1');
+            probe.once('connect', () => (probe.destroy(), resolve(true)));
+            probe.once('error', () => resolve(false));
+          });
+        },
+        { timeoutMs, what: `nginx listening on 127.0.0.1:${this.port}` },
+      );
+    } catch (err) {
+      await this.stop();
+      throw err;
     }
-    this.live.clear();
+    return this;
+  }
+
+  /** nginx's own output and error log (warnings about upstreams, etc.). */
+  log() {
+    let errors = '';
+    try {
+      errors = fs.readFileSync(path.join(this.dir, 'error.log'), 'utf8');
+    } catch {
+      /* not written yet */
+    }
+    return `${this.out}${errors}`;
+  }
+
+  /** Ends nginx (SIGQUIT, then SIGKILL after 3 s) and removes its directory. */
+  async stop() {
+    if (this.child && this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.kill('SIGQUIT');
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), 3_000);
+      await this.exited;
+      clearTimeout(timer);
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
   }
 }
 
@@ -558,9 +568,11 @@ export class LoadBalancer {
 
 /**
  * Starts `size` gateways, one after the other, on `database` (from
- * createDatabase) and `redisUrl` under `prefix`, plus a load balancer in
- * front of them. `stop()` ends everything it started (not the database or
- * Redis, which the caller owns).
+ * createDatabase) and `redisUrl` under `prefix`, and nginx in front of the
+ * first two (`cluster.lb`), as `deploy/nginx.conf` has it. The gateways
+ * trust nginx's `X-Forwarded-For`, as a deployment behind it does. `stop()`
+ * ends everything it started (not the database or Redis, which the caller
+ * owns).
  */
 export async function startCluster({ database, redisUrl = SHARED_REDIS_URL, prefix = uniquePrefix(), size = 3, env = {} }) {
   const gateways = [];
@@ -571,20 +583,26 @@ export async function startCluster({ database, redisUrl = SHARED_REDIS_URL, pref
     gateways,
     lb: null,
     sockets: new Set(),
+    /** The gateway that holds the client's current connection (by its socket id in the gateways' logs). */
+    backendOf(client) {
+      const id = client.socket.id;
+      if (!id) return undefined;
+      return gateways.find((g) => g.output().split('\n').some((line) => line.includes('Connected.') && line.includes(`sid=${id}`)));
+    },
     async stop() {
       for (const s of cluster.sockets) s.close();
       cluster.sockets.clear();
-      await cluster.lb?.close();
+      await cluster.lb?.stop();
       await Promise.all(gateways.map((g) => g.stop()));
     },
   };
   try {
     for (let i = 0; i < size; i++) {
-      const gw = new Gateway({ name: `gw${i}`, databaseUrl: database.url, redisUrl, prefix, env });
+      const gw = new Gateway({ name: `gw${i}`, databaseUrl: database.url, redisUrl, prefix, env: { LEADGATE_TRUSTED_PROXIES: '127.0.0.1', ...env } });
       gateways.push(gw);
       await gw.start();
     }
-    cluster.lb = await new LoadBalancer(gateways).listen();
+    if (size >= 2) cluster.lb = await new Nginx(gateways.slice(0, 2)).start();
   } catch (err) {
     await cluster.stop();
     throw err;
@@ -621,13 +639,17 @@ export function uniqueUser(prefix = 'user') {
  * after which socket.io-client does not reconnect by itself.
  */
 export class Client {
-  constructor(url, { user, name = user, resubscribe, reconnection = false, reconnectOnServerDisconnect = false, cluster } = {}) {
+  constructor(url, { user, name = user, resubscribe, reconnection = false, reconnectOnServerDisconnect = false, cluster, transports = ['websocket'], localAddress } = {}) {
     this.name = name;
     this.user = user;
     this.events = [];
+    // `localAddress`: the address to connect from (127.x.y.1), for nginx's
+    // ip_hash; an agent carries it to long-polling requests and WebSockets.
+    const from = localAddress ? { agent: new http.Agent({ localAddress }), localAddress } : {};
     this.socket = io(url, {
       forceNew: true,
-      transports: ['websocket'],
+      ...(transports ? { transports } : {}),
+      ...from,
       auth: { token: token(user) },
       timeout: 10_000,
       reconnection,
@@ -651,13 +673,18 @@ export class Client {
     this.socket.on('error', rec('error'));
   }
 
-  /** The local TCP port of the current WebSocket (to find its backend in the load balancer). */
+  /** The local TCP port of the current WebSocket, if it is on one. */
   localPort() {
     try {
       return this.socket.io.engine.transport.ws._socket.localPort;
     } catch {
       return undefined;
     }
+  }
+
+  /** `polling` or `websocket`. */
+  get transport() {
+    return this.socket.io.engine?.transport?.name;
   }
 
   of(type) {
