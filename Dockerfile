@@ -2,7 +2,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p leadgate
+RUN cargo build --release --locked -p leadgate
 
 FROM debian:bookworm-slim
 RUN useradd --system --home /var/lib/leadgate --create-home leadgate

@@ -126,7 +126,7 @@ fn parse_ttl(s: &str) -> Result<i64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match leadgate::config::parse_with_file(std::env::args_os().collect()) {
+    let mut cli: Cli = match leadgate::config::parse_with_file(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             // One line that names the option, not clap's usage block.
@@ -138,6 +138,9 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
+    // `LEADGATE_ALLOWED_ORIGINS=` (what compose passes for an unset
+    // `${LEADGATE_ALLOWED_ORIGINS:-}`) means none, as leaving it out does.
+    cli.config.allowed_origins.retain(|o| !o.is_empty());
     if let Err(message) = cli.config.validate() {
         eprintln!("leadgate: invalid configuration: {message}");
         return ExitCode::from(2);
