@@ -29,16 +29,17 @@ need python3 "install Python 3"
 chromium=${LEADGATE_TEST_CHROMIUM:-/usr/bin/chromium}
 missing=()
 [ -x "$chromium" ] || missing+=(chromium)
-command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
-command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+sqlite3 --version >/dev/null 2>&1 || missing+=(sqlite3)
+psql --version >/dev/null 2>&1 || missing+=(postgresql-client)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # (docker-compose only parses the compose file here: not the Docker engine
 # it recommends.)
-command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose docker.io-)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   install=(apt-get install -y -qq "${missing[@]}")
+  [[ " ${missing[*]} " != *" docker-compose "* ]] || install+=(docker.io-)
   if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo=(sudo); else sudo=(none); fi
   if ! command -v apt-get >/dev/null 2>&1 || [ "${sudo[0]:-}" = none ]; then
     echo "tests/run.sh: missing ${missing[*]}; install them and run again:" >&2
