@@ -57,7 +57,13 @@ if [ ${#missing[@]} -gt 0 ]; then
     own_policy=true
   fi
   "${sudo[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${install[@]}" >/dev/null || status=$?
+  if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${install[@]}" >/dev/null; then
+    # apt installs nothing while installed packages have unmet dependencies
+    # (a package removed by hand, say); it says to repair them first.
+    echo "==> apt-get could not install; repairing unmet dependencies (apt-get -f install) and trying again"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -f install -y -qq >/dev/null &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${install[@]}" >/dev/null || status=$?
+  fi
   if $own_policy; then "${sudo[@]}" rm -f /usr/sbin/policy-rc.d; fi
   [ "${status:-0}" = 0 ] || { echo "tests/run.sh: could not install ${missing[*]}" >&2; exit 1; }
 fi
