@@ -4,8 +4,9 @@
 #   2. the end-to-end tests: the gateway binary driven by the official
 #      socket.io-client over WebSocket and long-polling, on SQLite, then on
 #      PostgreSQL;
-#   3. the cluster tests: several gateway processes behind a load balancer,
-#      fanned out through Redis, fed by the example workers;
+#   3. the cluster tests: several gateway processes behind nginx (deploy/nginx.conf),
+#      fanned out through Redis, fed by the example workers, and the
+#      deployment files (docker-compose config, the Dockerfile's build);
 #   4. the browser tests: the examples (React, Vue, leads page) built with
 #      Vite and driven in headless Chromium against the gateway binary.
 # Needs Rust, Node.js 20+ with npm, Python 3, PostgreSQL and Redis, as the
@@ -133,7 +134,7 @@ for backend in sqlite postgres; do
   LEADGATE_TEST_BACKEND=$backend node --test --test-concurrency=2 tests/e2e/*.test.mjs
 done
 
-echo "==> cluster tests: gateway processes behind a load balancer, Redis fan-out (PostgreSQL)"
+echo "==> cluster tests: gateway processes behind nginx, Redis fan-out, the deployment files (PostgreSQL)"
 node --test --test-concurrency=1 tests/e2e/cluster/
 
 echo "==> npm ci (examples/react-app, examples/vue-app, examples/leads-page, tests/browser)"
