@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_jobs;
 mod m20261122_000002_leads;
+mod m20261203_000003_lead_search_words;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_jobs::Migration),
             Box::new(m20261122_000002_leads::Migration),
+            Box::new(m20261203_000003_lead_search_words::Migration),
         ]
     }
 }

@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use leadgate_protocol::leads::LeadInput;
-use leadgate_tests::{Backend, Gateway};
+use leadgate_tests::{Backend, Gateway, TestDb};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 on_every_backend!(
     filters_pages_and_order_match_a_model,
     each_client_is_pushed_its_own_page,
+    the_migration_rewrites_earlier_search_texts,
 );
 
 type Ws =
@@ -183,6 +184,24 @@ async fn filters_pages_and_order_match_a_model(backend: Backend) {
             }),
         ),
         (json!({ "q": "nothingmatches" }), vec![]),
+        // A word of q begins a word, on both databases: after a hyphen
+        // too, never inside one.
+        (
+            json!({ "q": "entw" }),
+            model(&|v, _| v["title"] == "Rust-Entwickler Gateway"),
+        ),
+        (
+            json!({ "q": "Gate RUST" }),
+            model(&|v, _| v["title"] == "Rust-Entwickler Gateway"),
+        ),
+        (json!({ "q": "wickler" }), vec![]),
+        (json!({ "q": "ordlicht" }), vec![]),
+        (json!({ "q": "ust" }), vec![]),
+        (json!({ "q": "sock" }), vec![]),
+        (
+            json!({ "q": "websock" }),
+            model(&|v, _| has_skill(v, "websocket")),
+        ),
     ];
     for (filter, expected) in cases {
         let page = ask(&mut ws, json!({ "type": "get_leads", "filter": filter })).await;
@@ -295,4 +314,44 @@ async fn each_client_is_pushed_its_own_page(backend: Backend) {
             .is_err()
     );
     gw.shutdown().await;
+}
+
+/// Leads written before `q` matched word starts on both databases kept
+/// their punctuation in `search_text`; the migration rewrites them (in
+/// batches, so more than one batch here) to the words `q` matches.
+async fn the_migration_rewrites_earlier_search_texts(backend: Backend) {
+    use leadgate_migration::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+
+    let mut db = TestDb::new(backend).await;
+    let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+    Migrator::up(&conn, Some(2)).await.unwrap();
+    for n in 0..1_001 {
+        conn.execute_unprepared(&format!(
+            "INSERT INTO leads (provider, project_id, title, company, skills, skill_keys, \
+             search_text, created_at, updated_at) VALUES ('xing', 'p{n}', \
+             'Rust-Entwickler (Senior)', 'Nordlicht IT', '[\"Rust\",\"C++\"]', \
+             '[\"rust\",\"c++\"]', 'rust-entwickler (senior) nordlicht it rust c++', \
+             '2026-11-01T00:00:00Z', '2026-11-01T00:00:00Z')"
+        ))
+        .await
+        .unwrap();
+    }
+    Migrator::up(&conn, None).await.unwrap();
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT COUNT(*) AS n, MIN(search_text) AS lo, MAX(search_text) AS hi FROM leads",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let n: i64 = row.try_get("", "n").unwrap();
+    let lo: String = row.try_get("", "lo").unwrap();
+    let hi: String = row.try_get("", "hi").unwrap();
+    assert_eq!(n, 1_001);
+    assert_eq!(lo, "rust entwickler senior nordlicht it rust c");
+    assert_eq!(hi, lo);
+    conn.close().await.unwrap();
+    db.drop_now().await;
 }

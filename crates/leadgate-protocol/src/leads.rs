@@ -96,18 +96,33 @@ impl LeadFilter {
         })
     }
 
-    /// The words of `q`: lowercased, split on anything that is not a letter
-    /// or digit.
+    /// The words of `q` (see [`words`]).
     pub fn words(&self) -> Vec<String> {
-        self.q
-            .as_deref()
-            .unwrap_or("")
-            .to_lowercase()
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(str::to_owned)
-            .collect()
+        words(self.q.as_deref().unwrap_or(""))
     }
+}
+
+/// The words of a text as `q` matches them: lowercased, split on anything
+/// that is not a letter or digit. A word of `q` matches a lead when it
+/// begins one of the words of its title, company or skills.
+pub fn words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What a lead's `q` matches against: the [`words`] of its title, company
+/// and skills, separated by single spaces. Both databases match a word of
+/// `q` at the start of one of these words.
+pub fn search_text(title: &str, company: Option<&str>, skills: &[String]) -> String {
+    let mut all = words(title);
+    all.extend(words(company.unwrap_or("")));
+    for skill in skills {
+        all.extend(words(skill));
+    }
+    all.join(" ")
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -445,6 +460,20 @@ impl LeadInput {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn search_text_is_the_words_q_matches() {
+        assert_eq!(
+            search_text(
+                "Rust-Entwickler (Senior, 80%)",
+                Some("Müller & Söhne GmbH"),
+                &["c++".into(), "node.js".into()]
+            ),
+            "rust entwickler senior 80 müller söhne gmbh c node js"
+        );
+        assert_eq!(search_text("", None, &[]), "");
+        assert_eq!(words("  Über--ALLES "), ["über", "alles"]);
+    }
 
     fn query(request: Value) -> Result<LeadsQuery, LeadsError> {
         let request = LeadsRequest::from_frame(&request.to_string())?;

@@ -3,10 +3,12 @@
 //! Pages are ordered newest first (`posted_at DESC NULLS LAST, id DESC`),
 //! the order the indexes of the leads migration are built for. Word search
 //! and skill containment use PostgreSQL's GIN indexes; on SQLite, the
-//! embedded default for small data sets, they are plain scans.
+//! embedded default for small data sets, they are plain scans. `q` matches
+//! the same leads on both: each of its words begins a word of the lead's
+//! `search_text` ([`search_text`]).
 
 use chrono::{DateTime, Utc};
-use leadgate_protocol::leads::{Lead, LeadDetails, LeadFilter, LeadInput, LeadsQuery};
+use leadgate_protocol::leads::{Lead, LeadDetails, LeadFilter, LeadInput, LeadsQuery, search_text};
 use leadgate_protocol::now_millis;
 use sea_orm::sea_query::{Expr, NullOrdering, OnConflict, Order};
 use sea_orm::{
@@ -73,8 +75,14 @@ impl Store {
                     [tsquery.join(" & ")],
                 ));
             } else {
+                // The same match as PostgreSQL's prefix query: the word
+                // begins a word of `search_text` (words are letters and
+                // digits only, so they hold no LIKE wildcard).
                 for word in words {
-                    all = all.add(Expr::cust_with_values("instr(search_text, ?) > 0", [word]));
+                    all = all.add(Expr::cust_with_values(
+                        "(' ' || search_text) LIKE ?",
+                        [format!("% {word}%")],
+                    ));
                 }
             }
         }
@@ -140,12 +148,7 @@ impl Store {
             .into_iter()
             .map(|input| {
                 let keys: Vec<String> = input.skills.iter().map(|s| s.to_lowercase()).collect();
-                let search_text = [
-                    input.title.to_lowercase(),
-                    input.company.as_deref().unwrap_or("").to_lowercase(),
-                    keys.join(" "),
-                ]
-                .join(" ");
+                let search_text = search_text(&input.title, input.company.as_deref(), &keys);
                 lead::ActiveModel {
                     id: sea_orm::ActiveValue::NotSet,
                     provider: Set(provider.to_owned()),
