@@ -1,15 +1,18 @@
-//! How fast a filtered page of leads comes back from PostgreSQL with 100,000
-//! leads: fills a fresh database, runs each filter of the leads API many
-//! times through `Store::leads_page` (the count and the page, as the gateway
-//! does) and prints the latency per filter.
+//! How fast a filtered page of leads comes back: for each size, fills a
+//! fresh database, runs each filter of the leads API many times through
+//! `Store::leads_page` (the count and the page, as the gateway does) and
+//! prints a table of latencies per filter. PostgreSQL at every size given,
+//! then SQLite (the embedded default) at its own size.
 //!
 //! ```sh
 //! cargo run --release -p leadgate-store --example leads_bench -- \
-//!     [postgres://postgres@127.0.0.1:5432/postgres] [leads=100000] [runs=200]
+//!     [--postgres postgres://postgres@127.0.0.1:5432/postgres] \
+//!     [--sizes 100000,1000000] [--sqlite 100000] [--runs 200] [--keep]
 //! ```
 //!
-//! The first argument is a server where the user may create databases; the
-//! benchmark creates `leadgate_bench_<pid>` there and drops it afterwards.
+//! `--postgres` names a server where the user may create databases; each
+//! size gets `leadgate_bench_<pid>_<size>` there, dropped afterwards unless
+//! `--keep`. `--sqlite 0` skips SQLite; `--sizes ''` skips PostgreSQL.
 
 use std::time::{Duration, Instant};
 
@@ -85,36 +88,95 @@ impl Lcg {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let admin_url = args
-        .next()
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let count: usize = args.next().map_or(Ok(100_000), |a| a.parse())?;
-    let runs: usize = args.next().map_or(Ok(200), |a| a.parse())?;
-    let keep = args.next().as_deref() == Some("keep");
-
-    let name = format!("leadgate_bench_{}", std::process::id());
-    let admin = Database::connect(&admin_url).await?;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await?;
-    let server = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(s, _)| s);
-    let result = run(&format!("{server}/{name}"), count, runs).await;
-    if keep {
-        println!("Kept the database {name}.");
-        return result;
-    }
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await?;
-    result
+struct Options {
+    postgres: String,
+    sizes: Vec<usize>,
+    sqlite: usize,
+    runs: usize,
+    keep: bool,
 }
 
-async fn run(url: &str, count: usize, runs: usize) -> Result<(), Box<dyn std::error::Error>> {
+fn options() -> Result<Options, Box<dyn std::error::Error>> {
+    let mut options = Options {
+        postgres: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+        sizes: vec![100_000, 1_000_000],
+        sqlite: 100_000,
+        runs: 200,
+        keep: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--postgres" => options.postgres = value()?,
+            "--sizes" => {
+                options.sizes = value()?
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--sqlite" => options.sqlite = value()?.parse()?,
+            "--runs" => options.runs = value()?.parse()?,
+            "--keep" => options.keep = true,
+            other => return Err(format!("unknown argument {other} (see the file's header)").into()),
+        }
+    }
+    Ok(options)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let options = options()?;
+    let admin = Database::connect(&options.postgres).await?;
+    let server = options
+        .postgres
+        .rsplit_once('/')
+        .map_or(options.postgres.as_str(), |(s, _)| s)
+        .to_owned();
+    for &count in &options.sizes {
+        let name = format!("leadgate_bench_{}_{count}", std::process::id());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name}"))
+            .await?;
+        let result = run(
+            "PostgreSQL",
+            &format!("{server}/{name}"),
+            count,
+            options.runs,
+        )
+        .await;
+        if options.keep {
+            println!("Kept the database {name}.");
+        } else {
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+        }
+        result?;
+    }
+    admin.close().await?;
+    if options.sqlite > 0 {
+        let dir = std::env::temp_dir().join(format!("leadgate_bench_{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite://{}/leads.db?mode=rwc", dir.display());
+        let result = run("SQLite", &url, options.sqlite, options.runs).await;
+        if options.keep {
+            println!("Kept {}.", dir.display());
+        } else {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        result?;
+    }
+    Ok(())
+}
+
+async fn run(
+    database: &str,
+    url: &str,
+    count: usize,
+    runs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::connect(url).await?;
     store.migrate().await?;
 
@@ -142,8 +204,9 @@ async fn run(url: &str, count: usize, runs: usize) -> Result<(), Box<dyn std::er
             .collect();
         store.upsert_leads(provider, leads).await?;
     }
+    println!();
     println!(
-        "Inserted {count} leads over {} providers in {:.1} s.",
+        "{database}: inserted {count} leads over {} providers in {:.1} s.",
         PROVIDERS.len(),
         started.elapsed().as_secs_f64()
     );
@@ -192,8 +255,13 @@ async fn run(url: &str, count: usize, runs: usize) -> Result<(), Box<dyn std::er
 
     println!();
     println!(
-        "{:<28} {:>8} {:>9} {:>9} {:>9}",
-        "filter (100 per page)", "total", "p50 ms", "p95 ms", "max ms"
+        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        format!("{database}, {count} leads"),
+        "total",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms"
     );
     for (name, query) in cases {
         let mut times: Vec<Duration> = Vec::with_capacity(runs);
@@ -208,11 +276,12 @@ async fn run(url: &str, count: usize, runs: usize) -> Result<(), Box<dyn std::er
         times.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "{:<28} {:>8} {:>9.2} {:>9.2} {:>9.2}",
+            "{:<28} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
             name,
             total,
             ms(times[runs / 2]),
             ms(times[runs * 95 / 100]),
+            ms(times[runs * 99 / 100]),
             ms(times[runs - 1])
         );
     }
@@ -229,6 +298,10 @@ fn query(filter: LeadFilter) -> LeadsQuery {
 
 async fn store_analyze(url: &str) -> Result<(), sea_orm::DbErr> {
     let db = Database::connect(url).await?;
-    db.execute_unprepared("VACUUM ANALYZE leads").await?;
+    let statement = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => "VACUUM ANALYZE leads",
+        _ => "ANALYZE",
+    };
+    db.execute_unprepared(statement).await?;
     db.close().await
 }
