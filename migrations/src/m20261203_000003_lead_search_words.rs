@@ -74,8 +74,8 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, _manager: &SchemaManager) -> Result<(), DbErr> {
-        // The former text (punctuation kept) is a superset of the words;
-        // nothing needs to go back.
+        // The schema is unchanged, and earlier code matches the rewritten
+        // text too: nothing to undo.
         Ok(())
     }
 }

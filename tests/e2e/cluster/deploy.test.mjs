@@ -21,16 +21,16 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import YAML from 'yaml';
 
-import { API_KEY, JWT_SECRET, REPO_ROOT, SHARED_REDIS_URL, Client, createDatabase, freePort, nginxConfig, uniqueUser, until } from './lib/cluster.mjs';
+import { API_KEY, BIN, JWT_SECRET, REPO_ROOT, SHARED_REDIS_URL, Client, createDatabase, freePort, nginxConfig, uniqueUser, until } from './lib/cluster.mjs';
 
 const execFileP = promisify(execFile);
 const COMPOSE_FILE = path.join(REPO_ROOT, 'docker-compose.yml');
 const DOCKERFILE = path.join(REPO_ROOT, 'Dockerfile');
 
 /** `docker-compose config` on `file` with `env`: `{ code, stdout, stderr }`. */
-async function composeConfig(file, env, args = []) {
+async function composeConfig(file, env) {
   try {
-    const { stdout, stderr } = await execFileP('docker-compose', ['-f', file, 'config', ...args], {
+    const { stdout, stderr } = await execFileP('docker-compose', ['-f', file, 'config'], {
       cwd: path.dirname(file),
       env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env },
     });
@@ -97,7 +97,7 @@ test('compose: a missing secret or a misspelt key is refused', async () => {
 test('compose, Dockerfile and nginx.conf agree with the gateway', async () => {
   const env = composed.services['leadgate-1'].environment;
   // Every variable compose sets is one the gateway reads.
-  const { stdout: help } = await execFileP(path.join(REPO_ROOT, 'target', 'debug', 'leadgate'), ['serve', '--help']);
+  const { stdout: help } = await execFileP(BIN, ['serve', '--help']);
   for (const name of Object.keys(env)) assert.ok(help.includes(`[env: ${name}=`) || help.includes(`[env: ${name}]`), `leadgate serve reads ${name}`);
   // The proxy the gateways trust is nginx's address.
   assert.equal(env.LEADGATE_TRUSTED_PROXIES, composed.services.lb.networks.default.ipv4_address);
