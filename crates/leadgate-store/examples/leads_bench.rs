@@ -8,6 +8,7 @@
 //! cargo run --release -p leadgate-store --example leads_bench -- \
 //!     [--postgres postgres://postgres@127.0.0.1:5432/postgres] \
 //!     [--sizes 100000,1000000] [--sqlite 100000] [--runs 200] [--keep]
+//! cargo run --release -p leadgate-store --example leads_bench -- --existing URL
 //! ```
 //!
 //! `--postgres` names a server where the user may create databases; each
@@ -17,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use leadgate_protocol::leads::{LeadFilter, LeadInput, LeadsQuery};
-use leadgate_store::Store;
+use leadgate_store::{LeadSearch, Store};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
 
@@ -94,6 +95,7 @@ struct Options {
     sqlite: usize,
     runs: usize,
     keep: bool,
+    existing: Option<String>,
 }
 
 fn options() -> Result<Options, Box<dyn std::error::Error>> {
@@ -103,6 +105,7 @@ fn options() -> Result<Options, Box<dyn std::error::Error>> {
         sqlite: 100_000,
         runs: 200,
         keep: false,
+        existing: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -119,6 +122,7 @@ fn options() -> Result<Options, Box<dyn std::error::Error>> {
             "--sqlite" => options.sqlite = value()?.parse()?,
             "--runs" => options.runs = value()?.parse()?,
             "--keep" => options.keep = true,
+            "--existing" => options.existing = Some(value()?),
             other => return Err(format!("unknown argument {other} (see the file's header)").into()),
         }
     }
@@ -128,6 +132,19 @@ fn options() -> Result<Options, Box<dyn std::error::Error>> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = options()?;
+    if let Some(url) = &options.existing {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        store_analyze(url).await?;
+        let (count, _) = store.leads_version().await?;
+        store.close().await?;
+        let database = if url.starts_with("sqlite") {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        };
+        return measure(database, url, count as usize, options.runs).await;
+    }
     let admin = Database::connect(&options.postgres).await?;
     let server = options
         .postgres
@@ -184,23 +201,7 @@ async fn run(
     let mut rng = Lcg(42);
     for provider in PROVIDERS {
         let leads: Vec<LeadInput> = (0..count / PROVIDERS.len())
-            .map(|i| {
-                let skills: Vec<&str> = (0..3).map(|_| rng.pick(&SKILLS)).collect();
-                let title = format!("{} {} {}", rng.pick(&LEVELS), skills[0], rng.pick(&ROLES));
-                let day = rng.next() % 365;
-                let value = json!({
-                    "project_id": format!("{provider}-{i}"),
-                    "title": title.trim(),
-                    "company": rng.pick(&COMPANIES),
-                    "location": "Berlin",
-                    "remote": rng.next().is_multiple_of(2),
-                    "rate": format!("{} €/h", 60 + rng.next() % 80),
-                    "skills": skills,
-                    "posted_at": format!("2026-{:02}-{:02}T{:02}:00:00Z", 1 + day / 31 % 12, 1 + day % 28, day % 24),
-                    "description": "Projektbeschreibung",
-                });
-                LeadInput::from_value(value, i).expect("generated leads are valid")
-            })
+            .map(|i| generated_lead(&mut rng, provider, i, false))
             .collect();
         store.upsert_leads(provider, leads).await?;
     }
@@ -213,6 +214,36 @@ async fn run(
     // The steady state of a live table: autovacuum has run (statistics, and
     // the visibility map that lets counts read only the indexes).
     store_analyze(url).await?;
+    store.close().await?;
+    measure(database, url, count, runs).await
+}
+
+/// Reads the table into a [`LeadSearch`] index, runs every filter `runs`
+/// times both ways (the index and a read of the page's rows by id, as the
+/// gateway answers; and one SQL statement for page and total, as it
+/// answers before its index is read), checks that both give the same page
+/// and total, and prints the table. Then writes a crawl of new leads and
+/// times bringing the index up to date.
+async fn measure(
+    database: &str,
+    url: &str,
+    count: usize,
+    runs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(url).await?;
+    let search = LeadSearch::new();
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let loaded = search.refresh(&store).await?;
+    let load = started.elapsed();
+    let rss_after = rss_kib();
+    println!();
+    println!(
+        "{database}: index of {} leads read in {:.2} s; the process grew by {} MiB.",
+        loaded.leads,
+        load.as_secs_f64(),
+        rss_after.saturating_sub(rss_before) / 1024
+    );
 
     let filter = |f: serde_json::Value| -> LeadFilter {
         serde_json::from_value::<LeadFilter>(f)
@@ -233,10 +264,21 @@ async fn run(
         ("provider", query(filter(json!({ "provider": "xing" })))),
         ("skill", query(filter(json!({ "skills": ["rust"] })))),
         (
+            "skill, page 50",
+            LeadsQuery {
+                page: 50,
+                ..query(filter(json!({ "skills": ["rust"] })))
+            },
+        ),
+        (
             "two skills",
             query(filter(json!({ "skills": ["python", "django"] }))),
         ),
         ("q one word", query(filter(json!({ "q": "kubernetes" })))),
+        (
+            "q two words",
+            query(filter(json!({ "q": "senior archit" }))),
+        ),
         (
             "q two words + remote",
             query(filter(json!({ "q": "senior archit", "remote": true }))),
@@ -255,38 +297,118 @@ async fn run(
 
     println!();
     println!(
-        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "{:<26} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8}",
         format!("{database}, {count} leads"),
         "total",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "max ms"
+        "SQL p50",
+        "p99",
+        "max",
+        "index p50",
+        "p99",
+        "max"
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for (name, query) in cases {
-        let mut times: Vec<Duration> = Vec::with_capacity(runs);
-        let mut total = 0;
+        let mut sql = Vec::with_capacity(runs);
+        let mut indexed = Vec::with_capacity(runs);
+        let mut answers = None;
         for _ in 0..runs {
             let t = Instant::now();
-            let (page, n) = store.leads_page(&query).await?;
-            times.push(t.elapsed());
-            total = n;
-            assert!(page.len() <= query.page_size as usize);
+            let by_sql = store.leads_page(&query).await?;
+            sql.push(t.elapsed());
+            let t = Instant::now();
+            let (ids, total) = search
+                .page(&query.filter, query.offset(), u64::from(query.page_size))
+                .expect("the index was read");
+            let page = store.leads_by_ids(&ids).await?;
+            indexed.push(t.elapsed());
+            answers.get_or_insert((by_sql, (page, total)));
         }
-        times.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let ((sql_page, sql_total), (index_page, index_total)) = answers.expect("one run at least");
+        assert_eq!(sql_total, index_total, "{name}: the totals differ");
+        assert!(sql_page == index_page, "{name}: the pages differ");
+        let stats = |times: &mut Vec<Duration>| {
+            times.sort();
+            (
+                ms(times[runs / 2]),
+                ms(times[(runs * 99 / 100).min(runs - 1)]),
+                ms(times[runs - 1]),
+            )
+        };
+        let (s50, s99, smax) = stats(&mut sql);
+        let (i50, i99, imax) = stats(&mut indexed);
         println!(
-            "{:<28} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            name,
-            total,
-            ms(times[runs / 2]),
-            ms(times[runs * 95 / 100]),
-            ms(times[runs * 99 / 100]),
-            ms(times[runs - 1])
+            "{name:<26} {sql_total:>8} | {s50:>8.2} {s99:>8.2} {smax:>8.2} | {i50:>8.2} {i99:>8.2} {imax:>8.2}"
         );
     }
+
+    // A crawl: 1,000 new leads of one provider and 1,000 updated ones.
+    let mut rng = Lcg(7);
+    let crawl: Vec<LeadInput> = (0..2000)
+        .map(|i| {
+            let id = if i < 1000 {
+                count + i
+            } else {
+                i * 97 % (count / PROVIDERS.len()).max(1)
+            };
+            generated_lead(&mut rng, PROVIDERS[1], id, true)
+        })
+        .collect();
+    store.upsert_leads(PROVIDERS[1], crawl).await?;
+    let started = Instant::now();
+    let refreshed = search.refresh(&store).await?;
+    println!();
+    println!(
+        "A crawl of 1,000 new and 1,000 updated leads: index brought up to date in {:.1} ms \
+         ({} rows read, whole table: {}).",
+        ms(started.elapsed()),
+        refreshed.rows,
+        refreshed.whole
+    );
+    let (_, total) = search
+        .page(&LeadFilter::default(), 0, 1)
+        .expect("the index was read");
+    assert_eq!(total, store.leads_page(&LeadsQuery::default()).await?.1);
     store.close().await?;
     Ok(())
+}
+
+/// The resident size of this process.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+/// A lead as a crawler might report it; `fresh` ones are dated after
+/// every generated lead.
+fn generated_lead(rng: &mut Lcg, provider: &str, i: usize, fresh: bool) -> LeadInput {
+    let skills: Vec<&str> = (0..3).map(|_| rng.pick(&SKILLS)).collect();
+    let title = format!("{} {} {}", rng.pick(&LEVELS), skills[0], rng.pick(&ROLES));
+    let day = rng.next() % 365;
+    let posted_at = if fresh {
+        format!("2027-01-01T{:02}:{:02}:00Z", day % 24, i % 60)
+    } else {
+        format!(
+            "2026-{:02}-{:02}T{:02}:00:00Z",
+            1 + day / 31 % 12,
+            1 + day % 28,
+            day % 24
+        )
+    };
+    let value = json!({
+        "project_id": format!("{provider}-{i}"),
+        "title": title.trim(),
+        "company": rng.pick(&COMPANIES),
+        "location": "Berlin",
+        "remote": rng.next().is_multiple_of(2),
+        "rate": format!("{} €/h", 60 + rng.next() % 80),
+        "skills": skills,
+        "posted_at": posted_at,
+        "description": "Projektbeschreibung",
+    });
+    LeadInput::from_value(value, i).expect("generated leads are valid")
 }
 
 fn query(filter: LeadFilter) -> LeadsQuery {

@@ -10,59 +10,211 @@
 use chrono::{DateTime, Utc};
 use leadgate_protocol::leads::{Lead, LeadDetails, LeadFilter, LeadInput, LeadsQuery, search_text};
 use leadgate_protocol::now_millis;
-use sea_orm::sea_query::{Expr, NullOrdering, OnConflict, Order};
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    AccessMode, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    FromQueryResult, IsolationLevel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 use serde_json::Value;
 
 use crate::entity::{crawl_request, lead};
+use crate::index::IndexedLead;
 use crate::{Store, StoreError};
 
 /// Leads written per INSERT statement.
 const UPSERT_BATCH: usize = 500;
 
+/// The columns of `leads` a page reads.
+const LEAD_COLUMNS: [&str; 17] = [
+    "id",
+    "provider",
+    "project_id",
+    "title",
+    "company",
+    "location",
+    "remote",
+    "rate",
+    "skills",
+    "skill_keys",
+    "search_text",
+    "url",
+    "posted_at",
+    "description",
+    "raw",
+    "created_at",
+    "updated_at",
+];
+
+/// A statement being written, with its values in order.
+struct Sql {
+    backend: DbBackend,
+    text: String,
+    values: Vec<sea_orm::Value>,
+}
+
+impl Sql {
+    fn new(backend: DbBackend) -> Sql {
+        Sql {
+            backend,
+            text: String::with_capacity(1024),
+            values: Vec::new(),
+        }
+    }
+
+    /// Appends a placeholder for `value`.
+    fn param(&mut self, value: impl Into<sea_orm::Value>) {
+        self.values.push(value.into());
+        match self.backend {
+            DbBackend::Postgres => {
+                let n = self.values.len();
+                self.text.push_str(&format!("${n}"));
+            }
+            _ => self.text.push('?'),
+        }
+    }
+}
+
 /// A crawl request's state.
 pub const CRAWL_QUEUED: &str = "queued";
 
 impl Store {
-    /// One page of leads matching `query`, and how many match in all.
+    /// One page of leads matching `query`, and how many match in all, in
+    /// one statement. The gateway answers from its [`LeadSearch`] index
+    /// and [`Store::leads_by_ids`]; this is what it does before the index
+    /// is read, and what tests hold the index to.
+    ///
+    /// [`LeadSearch`]: crate::LeadSearch
     pub async fn leads_page(&self, query: &LeadsQuery) -> Result<(Vec<Lead>, u64), StoreError> {
-        let select = lead::Entity::find().filter(self.lead_condition(&query.filter));
-        let count = select.clone().count(&self.db);
+        let backend = self.db.get_database_backend();
+        let filter = &query.filter;
+        let mut sql = Sql::new(backend);
+        sql.text
+            .push_str("WITH total AS (SELECT count(*) AS n FROM leads WHERE ");
+        self.lead_condition(&mut sql, filter);
+        sql.text.push_str(") SELECT total.n AS total, ");
+        sql.text.push_str(
+            &LEAD_COLUMNS
+                .iter()
+                .map(|c| format!("l.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        sql.text
+            .push_str(" FROM total LEFT JOIN (SELECT id FROM leads WHERE ");
+        self.lead_condition(&mut sql, filter);
         // PostgreSQL cannot estimate how many rows a prefix word search
         // matches; assuming many, it walks the order index and tests every
         // row, which for a rare word means the whole table. Ordering by an
         // expression the index does not cover makes it use the word index
-        // and sort the (usually few) matches instead.
-        let by_date = if self.db.get_database_backend() == DbBackend::Postgres
-            && !query.filter.words().is_empty()
-        {
-            Expr::cust("posted_at + interval '0 seconds'")
+        // and sort the matches instead.
+        let by_date = if backend == DbBackend::Postgres && !filter.words().is_empty() {
+            "posted_at + interval '0 seconds'"
         } else {
-            Expr::col(lead::Column::PostedAt)
+            "posted_at"
         };
-        let rows = select
-            .order_by_with_nulls(by_date, Order::Desc, NullOrdering::Last)
-            .order_by_desc(lead::Column::Id)
-            .offset(query.offset())
-            .limit(u64::from(query.page_size))
-            .all(&self.db);
-        // Two connections at once: the answer takes the longer of the two
-        // queries, not their sum.
-        let (total, rows) = futures_util::future::join(count, rows).await;
-        Ok((rows?.into_iter().map(into_lead).collect(), total?))
+        sql.text.push_str(&format!(
+            " ORDER BY {by_date} DESC NULLS LAST, id DESC LIMIT {} OFFSET {}) p ON true \
+             LEFT JOIN leads l ON l.id = p.id ORDER BY l.posted_at DESC NULLS LAST, l.id DESC",
+            query.page_size,
+            query.offset()
+        ));
+        if backend == DbBackend::Sqlite {
+            // SQLite sorts NULL first ascending, hence last descending.
+            sql.text = sql.text.replace(" NULLS LAST", "");
+        }
+        let rows = self
+            .db
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                backend, sql.text, sql.values,
+            ))
+            .await?;
+        let mut total = 0;
+        let mut leads = Vec::with_capacity(rows.len());
+        for row in rows {
+            total = row.try_get::<i64>("", "total")?.max(0) as u64;
+            if row.try_get::<Option<i64>>("", "id")?.is_some() {
+                leads.push(into_lead(lead::Model::from_query_result(&row, "")?));
+            }
+        }
+        Ok((leads, total))
     }
 
-    fn lead_condition(&self, filter: &LeadFilter) -> Condition {
+    /// The leads with these ids, in the order given; ids no longer in the
+    /// table are left out.
+    pub async fn leads_by_ids(&self, ids: &[i64]) -> Result<Vec<Lead>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = lead::Entity::find()
+            .filter(lead::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?;
+        let mut by_id: HashMap<i64, lead::Model> = rows.into_iter().map(|r| (r.id, r)).collect();
+        Ok(ids
+            .iter()
+            .filter_map(|id| by_id.remove(id))
+            .map(into_lead)
+            .collect())
+    }
+
+    /// What the index needs of the leads written at or after `since`, and
+    /// how many leads there are, as one snapshot of the table.
+    pub async fn lead_index_changes(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<(Vec<IndexedLead>, u64), StoreError> {
+        let txn = match self.db.get_database_backend() {
+            DbBackend::Postgres => {
+                self.db
+                    .begin_with_config(
+                        Some(IsolationLevel::RepeatableRead),
+                        Some(AccessMode::ReadOnly),
+                    )
+                    .await?
+            }
+            // SQLite's transactions see one snapshot already.
+            _ => self.db.begin().await?,
+        };
+        let rows = index_select()
+            .filter(lead::Column::UpdatedAt.gte(since))
+            .into_tuple::<IndexRow>()
+            .all(&txn)
+            .await?;
+        let count = lead::Entity::find().count(&txn).await?;
+        txn.commit().await?;
+        Ok((rows.into_iter().map(indexed).collect(), count))
+    }
+
+    /// What the index needs of up to `limit` leads with ids above `after`,
+    /// by id.
+    pub async fn lead_index_batch(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<IndexedLead>, StoreError> {
+        let rows = index_select()
+            .filter(lead::Column::Id.gt(after))
+            .order_by_asc(lead::Column::Id)
+            .limit(limit)
+            .into_tuple::<IndexRow>()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(indexed).collect())
+    }
+
+    fn lead_condition(&self, sql: &mut Sql, filter: &LeadFilter) {
         let postgres = self.db.get_database_backend() == DbBackend::Postgres;
-        let mut all = Condition::all();
+        sql.text.push_str("true");
         if let Some(remote) = filter.remote {
-            all = all.add(lead::Column::Remote.eq(remote));
+            sql.text.push_str(" AND remote = ");
+            sql.param(remote);
         }
         if let Some(provider) = &filter.provider {
-            all = all.add(lead::Column::Provider.eq(provider.as_str()));
+            sql.text.push_str(" AND provider = ");
+            sql.param(provider.clone());
         }
         let words = filter.words();
         if !words.is_empty() {
@@ -70,38 +222,34 @@ impl Store {
                 // Words hold letters and digits only, so they cannot form
                 // tsquery syntax; `:*` makes each a prefix match.
                 let tsquery: Vec<String> = words.iter().map(|w| format!("{w}:*")).collect();
-                all = all.add(Expr::cust_with_values(
-                    "search @@ to_tsquery('simple', $1)",
-                    [tsquery.join(" & ")],
-                ));
+                sql.text.push_str(" AND (search @@ to_tsquery('simple', ");
+                sql.param(tsquery.join(" & "));
+                sql.text.push_str("))");
             } else {
                 // The same match as PostgreSQL's prefix query: the word
                 // begins a word of `search_text` (words are letters and
                 // digits only, so they hold no LIKE wildcard).
                 for word in words {
-                    all = all.add(Expr::cust_with_values(
-                        "(' ' || search_text) LIKE ?",
-                        [format!("% {word}%")],
-                    ));
+                    sql.text.push_str(" AND (' ' || search_text) LIKE ");
+                    sql.param(format!("% {word}%"));
                 }
             }
         }
         if !filter.skills.is_empty() {
             if postgres {
-                all = all.add(Expr::cust_with_values(
-                    "skill_keys @> $1::jsonb",
-                    [Value::from(filter.skills.clone()).to_string()],
-                ));
+                sql.text.push_str(" AND (skill_keys @> ");
+                sql.param(Value::from(filter.skills.clone()).to_string());
+                sql.text.push_str("::jsonb)");
             } else {
                 for skill in &filter.skills {
-                    all = all.add(Expr::cust_with_values(
-                        "EXISTS (SELECT 1 FROM json_each(leads.skill_keys) WHERE json_each.value = ?)",
-                        [skill.clone()],
-                    ));
+                    sql.text.push_str(
+                        " AND EXISTS (SELECT 1 FROM json_each(leads.skill_keys) WHERE json_each.value = ",
+                    );
+                    sql.param(skill.clone());
+                    sql.text.push(')');
                 }
             }
         }
-        all
     }
 
     /// One lead with everything known about it. Without `provider`, the most
@@ -326,6 +474,52 @@ impl Store {
             .one(&self.db)
             .await?
             .map(|r| r.state))
+    }
+}
+
+type IndexRow = (
+    i64,
+    String,
+    Option<bool>,
+    Option<DateTime<Utc>>,
+    Value,
+    String,
+    DateTime<Utc>,
+);
+
+fn index_select() -> sea_orm::Select<lead::Entity> {
+    lead::Entity::find().select_only().columns([
+        lead::Column::Id,
+        lead::Column::Provider,
+        lead::Column::Remote,
+        lead::Column::PostedAt,
+        lead::Column::SkillKeys,
+        lead::Column::SearchText,
+        lead::Column::UpdatedAt,
+    ])
+}
+
+fn indexed(row: IndexRow) -> IndexedLead {
+    let (id, provider, remote, posted_at, skill_keys, search_text, updated_at) = row;
+    // Only strings in the array: what the skills filter matches.
+    let skill_keys = match skill_keys {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    IndexedLead {
+        id,
+        posted_at,
+        provider,
+        remote,
+        skill_keys,
+        search_text,
+        updated_at,
     }
 }
 

@@ -7,6 +7,7 @@
 //! transaction, and returns the `job-update` to fan out.
 
 mod entity;
+mod index;
 mod leads;
 
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub struct OwnedJobStatus {
     pub status: JobStatus,
 }
 
+pub use index::{IndexedLead, LeadIndex, LeadSearch, OVERLAP, Refreshed};
 pub use leads::CRAWL_QUEUED;
 
 /// A handle on the database; cheap to clone (it wraps a connection pool).
