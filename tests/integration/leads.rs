@@ -12,6 +12,7 @@ on_every_backend!(
     filters_pages_and_order_match_a_model,
     each_client_is_pushed_its_own_page,
     the_migration_rewrites_earlier_search_texts,
+    the_index_answers_as_sql_does,
 );
 
 type Ws =
@@ -140,6 +141,12 @@ async fn filters_pages_and_order_match_a_model(backend: Backend) {
     let mut leads = fixture();
     leads.sort_by_key(|(p, _)| p.clone());
     import(&gw, leads.clone()).await;
+    // As a crawler does after writing: the gateway's index reads the
+    // import before any page is answered.
+    let (code, body) = gw
+        .post("/api/v1/leads/events", json!({ "type": "leads_updated" }))
+        .await;
+    assert_eq!(code, 202, "{body}");
     let model = |f: &dyn Fn(&Value, &str) -> bool| model(&leads, f);
 
     let mut ws = connect(&gw, "alice").await;
@@ -354,4 +361,179 @@ async fn the_migration_rewrites_earlier_search_texts(backend: Backend) {
     assert_eq!(hi, lo);
     conn.close().await.unwrap();
     db.drop_now().await;
+}
+
+/// The gateway answers pages from its in-memory index; the one SQL
+/// statement for page and total is what it must agree with, on both
+/// databases: for every kind of filter and page, after the first read,
+/// after a crawl of new and changed leads, after a write that committed
+/// late, and after deletions (which make it read the table again).
+async fn the_index_answers_as_sql_does(backend: Backend) {
+    use leadgate_protocol::leads::LeadFilter;
+    use leadgate_store::{LeadSearch, Store};
+    use sea_orm::ConnectionTrait;
+
+    let mut db = TestDb::new(backend).await;
+    let store = Store::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+
+    const SKILLS: [&str; 6] = ["Rust", "Go", "Python", "Django", "C++", "Node.js"];
+    const WORDS: [&str; 8] = [
+        "Senior",
+        "Rust-Entwickler",
+        "Architekt",
+        "Über",
+        "Backend",
+        "Lead",
+        "Go",
+        "Straße",
+    ];
+    let mut seed: u64 = 11;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize
+    };
+    let mut lead = |n: usize, generation: usize| -> LeadInput {
+        let skills: Vec<&str> = (0..next() % 4)
+            .map(|_| SKILLS[next() % SKILLS.len()])
+            .collect();
+        let title: Vec<&str> = (0..1 + next() % 3)
+            .map(|_| WORDS[next() % WORDS.len()])
+            .collect();
+        // Few distinct dates, so that many leads share one; some undated.
+        let posted_at = match next() % 5 {
+            0 => Value::Null,
+            d => json!(format!("2026-0{d}-0{}T12:00:00Z", 1 + generation)),
+        };
+        let remote = match next() % 3 {
+            0 => Value::Null,
+            r => json!(r == 1),
+        };
+        LeadInput::from_value(
+            json!({
+                "project_id": format!("p{n}"),
+                "title": title.join(" "),
+                "company": if n.is_multiple_of(4) { json!("Nordlicht IT") } else { Value::Null },
+                "remote": remote,
+                "skills": skills,
+                "posted_at": posted_at,
+            }),
+            n,
+        )
+        .unwrap()
+    };
+    for (provider, range) in [("xing", 0..700), ("gulp", 700..1300), ("malt", 1300..1500)] {
+        let leads: Vec<LeadInput> = range.map(|n| lead(n, 0)).collect();
+        store.upsert_leads(provider, leads).await.unwrap();
+    }
+
+    let filters: Vec<Value> = vec![
+        json!({}),
+        json!({ "provider": "xing" }),
+        json!({ "provider": "nobody" }),
+        json!({ "remote": true }),
+        json!({ "remote": false, "provider": "gulp" }),
+        json!({ "skills": ["rust"] }),
+        json!({ "skills": ["python", "django"] }),
+        json!({ "skills": ["c++"], "remote": true }),
+        json!({ "skills": ["cobol"] }),
+        json!({ "q": "senior" }),
+        json!({ "q": "ENTW" }),
+        json!({ "q": "rust archi" }),
+        json!({ "q": "stra über" }),
+        json!({ "q": "node", "provider": "malt" }),
+        json!({ "q": "nordlicht go", "skills": ["go"], "remote": false }),
+        json!({ "q": "wickler" }),
+    ];
+    let search = LeadSearch::new();
+    let done = search.refresh(&store).await.unwrap();
+    assert!(done.whole && done.leads == 1500, "{done:?}");
+    agree(&store, &search, &filters, "first read").await;
+
+    // A crawl: new leads, and leads with new dates, skills and titles.
+    let crawl: Vec<LeadInput> = (0..300)
+        .map(|i| {
+            if i < 150 {
+                lead(1500 + i, 1)
+            } else {
+                lead((i - 150) * 4, 1)
+            }
+        })
+        .collect();
+    store.upsert_leads("xing", crawl).await.unwrap();
+    let done = search.refresh(&store).await.unwrap();
+    assert!(!done.whole && done.leads == 1650, "{done:?}");
+    agree(&store, &search, &filters, "after a crawl").await;
+
+    // A writer whose transaction committed a minute after it stamped its
+    // rows: older than the last read, still read. It repeats a skill, which
+    // must not repeat the lead on a page.
+    let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+    let a_minute_ago = (chrono::Utc::now() - chrono::Duration::seconds(60)).to_rfc3339();
+    conn.execute_unprepared(&format!(
+        "UPDATE leads SET skill_keys = '[\"cobol\",\"rust\",\"cobol\",\"rust\"]', search_text = 'cobol', \
+         updated_at = '{a_minute_ago}' WHERE project_id LIKE 'p2%'"
+    ))
+    .await
+    .unwrap();
+    let done = search.refresh(&store).await.unwrap();
+    assert!(!done.whole, "{done:?}");
+    agree(&store, &search, &filters, "after a late write").await;
+    let cobol: LeadFilter = serde_json::from_value(json!({ "skills": ["cobol"] })).unwrap();
+    // p2, p20–p29 and p200–p299, all of xing.
+    assert_eq!(search.page(&cobol, 0, 10).unwrap().1, 111);
+
+    // Deleted leads: the index reads the table again.
+    conn.execute_unprepared("DELETE FROM leads WHERE project_id LIKE 'p1%'")
+        .await
+        .unwrap();
+    let done = search.refresh(&store).await.unwrap();
+    assert!(done.whole, "{done:?}");
+    agree(&store, &search, &filters, "after deletions").await;
+
+    conn.close().await.unwrap();
+    store.close().await.unwrap();
+    db.drop_now().await;
+}
+
+/// Every filter at several pages and page sizes: the same leads in the
+/// same order, and the same total, from the index as from SQL.
+async fn agree(
+    store: &leadgate_store::Store,
+    search: &leadgate_store::LeadSearch,
+    filters: &[Value],
+    when: &str,
+) {
+    use leadgate_protocol::leads::{LeadFilter, LeadsQuery};
+
+    for f in filters {
+        let filter: LeadFilter = serde_json::from_value::<LeadFilter>(f.clone())
+            .unwrap()
+            .normalized()
+            .unwrap();
+        for (page, page_size) in [(1, 100), (2, 7), (3, 50), (40, 1), (1, 500), (99, 100)] {
+            let query = LeadsQuery {
+                page,
+                page_size,
+                filter: filter.clone(),
+            };
+            let (sql_page, sql_total) = store.leads_page(&query).await.unwrap();
+            let (ids, total) = search
+                .page(&query.filter, query.offset(), u64::from(page_size))
+                .expect("the index was read");
+            let index_page = store.leads_by_ids(&ids).await.unwrap();
+            assert_eq!(
+                total, sql_total,
+                "{when}: total of {f}, page {page} of {page_size}"
+            );
+            assert!(
+                index_page == sql_page,
+                "{when}: page {page} of {page_size} of {f}: index {:?}, SQL {:?}",
+                index_page.iter().map(|l| &l.project_id).collect::<Vec<_>>(),
+                sql_page.iter().map(|l| &l.project_id).collect::<Vec<_>>()
+            );
+        }
+    }
 }

@@ -92,18 +92,11 @@ impl Store {
         let filter = &query.filter;
         let mut sql = Sql::new(backend);
         sql.text
-            .push_str("WITH total AS (SELECT count(*) AS n FROM leads WHERE ");
+            .push_str("SELECT (SELECT count(*) FROM leads WHERE ");
         self.lead_condition(&mut sql, filter);
-        sql.text.push_str(") SELECT total.n AS total, ");
-        sql.text.push_str(
-            &LEAD_COLUMNS
-                .iter()
-                .map(|c| format!("l.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        sql.text
-            .push_str(" FROM total LEFT JOIN (SELECT id FROM leads WHERE ");
+        sql.text.push_str(") AS total, ");
+        sql.text.push_str(&LEAD_COLUMNS.join(", "));
+        sql.text.push_str(" FROM leads WHERE ");
         self.lead_condition(&mut sql, filter);
         // PostgreSQL cannot estimate how many rows a prefix word search
         // matches; assuming many, it walks the order index and tests every
@@ -116,8 +109,7 @@ impl Store {
             "posted_at"
         };
         sql.text.push_str(&format!(
-            " ORDER BY {by_date} DESC NULLS LAST, id DESC LIMIT {} OFFSET {}) p ON true \
-             LEFT JOIN leads l ON l.id = p.id ORDER BY l.posted_at DESC NULLS LAST, l.id DESC",
+            " ORDER BY {by_date} DESC NULLS LAST, id DESC LIMIT {} OFFSET {}",
             query.page_size,
             query.offset()
         ));
@@ -131,14 +123,29 @@ impl Store {
                 backend, sql.text, sql.values,
             ))
             .await?;
-        let mut total = 0;
-        let mut leads = Vec::with_capacity(rows.len());
-        for row in rows {
-            total = row.try_get::<i64>("", "total")?.max(0) as u64;
-            if row.try_get::<Option<i64>>("", "id")?.is_some() {
-                leads.push(into_lead(lead::Model::from_query_result(&row, "")?));
-            }
-        }
+        let Some(first) = rows.first() else {
+            // Past the last page: the count alone.
+            let mut sql = Sql::new(backend);
+            sql.text
+                .push_str("SELECT count(*) AS total FROM leads WHERE ");
+            self.lead_condition(&mut sql, filter);
+            let row = self
+                .db
+                .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                    backend, sql.text, sql.values,
+                ))
+                .await?;
+            let total = match row {
+                Some(row) => row.try_get::<i64>("", "total")?.max(0) as u64,
+                None => 0,
+            };
+            return Ok((Vec::new(), total));
+        };
+        let total = first.try_get::<i64>("", "total")?.max(0) as u64;
+        let leads = rows
+            .iter()
+            .map(|row| Ok(into_lead(lead::Model::from_query_result(row, "")?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((leads, total))
     }
 
@@ -241,12 +248,14 @@ impl Store {
                 sql.param(Value::from(filter.skills.clone()).to_string());
                 sql.text.push_str("::jsonb)");
             } else {
+                // Not `EXISTS (… WHERE value = ?)`: SQLite 3.51 turns that
+                // into a join, and a lead whose skills repeat one came
+                // back twice.
                 for skill in &filter.skills {
-                    sql.text.push_str(
-                        " AND EXISTS (SELECT 1 FROM json_each(leads.skill_keys) WHERE json_each.value = ",
-                    );
+                    sql.text.push_str(" AND ");
                     sql.param(skill.clone());
-                    sql.text.push(')');
+                    sql.text
+                        .push_str(" IN (SELECT value FROM json_each(leads.skill_keys))");
                 }
             }
         }
@@ -295,7 +304,12 @@ impl Store {
         let rows: Vec<lead::ActiveModel> = leads
             .into_iter()
             .map(|input| {
-                let keys: Vec<String> = input.skills.iter().map(|s| s.to_lowercase()).collect();
+                let mut keys: Vec<String> = Vec::with_capacity(input.skills.len());
+                for key in input.skills.iter().map(|s| s.to_lowercase()) {
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
                 let search_text = search_text(&input.title, input.company.as_deref(), &keys);
                 lead::ActiveModel {
                     id: sea_orm::ActiveValue::NotSet,

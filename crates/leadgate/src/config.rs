@@ -233,6 +233,19 @@ pub struct Config {
     #[arg(long, env = "LEADGATE_LEADS_POLL", default_value_t = 1, global = true)]
     pub leads_poll: u64,
 
+    /// Keep an in-memory index of the leads (about 100 MB per million
+    /// leads), so that any page and its exact total take a millisecond or
+    /// two; without it each page is one SQL statement, which counts every
+    /// matching lead (hundreds of ms at a million leads).
+    #[arg(
+        long,
+        env = "LEADGATE_LEADS_INDEX",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub leads_index: bool,
+
     /// Worker threads that serve clients; 0 runs one per CPU core.
     /// Instances that share a machine do better with their share each (in
     /// all, one per core): a thread that wakes another to hand it a message

@@ -276,7 +276,23 @@ pub async fn run(
         None => Fanout::Local,
         Some((_, _, publisher)) => Fanout::Redis(RedisFanout::new(publisher.clone())),
     });
-    let leads = Arc::new(Leads::new(store.clone(), fanout.clone(), metrics.clone()));
+    let leads = Arc::new(Leads::new(
+        store.clone(),
+        fanout.clone(),
+        metrics.clone(),
+        config.leads_index,
+    ));
+    {
+        // Pages come from SQL until the index has been read.
+        let leads = leads.clone();
+        let cancel = tasks.clone();
+        background.push(tokio::spawn(async move {
+            tokio::select! {
+                () = cancel.cancelled() => {}
+                _ = leads.refresh_index() => {}
+            }
+        }));
+    }
     match publisher {
         Some((url, channels, _)) => {
             let handler = Arc::new(RedisHandler {

@@ -10,6 +10,13 @@
 //! the same page share one query. Each change empties the cache, and a query
 //! that started before the change cannot refill it (single flight per
 //! change).
+//!
+//! Which leads make a page, and how many match, come from an in-memory
+//! index of the table ([`LeadSearch`]), brought up to date at each change
+//! before any page is read; the database then reads only the page's rows,
+//! one statement per page. Until the index has been read at start-up (a
+//! few seconds at a million leads), or when it is turned off, one SQL
+//! statement answers each page instead.
 
 pub mod sio;
 pub mod ws;
@@ -25,12 +32,12 @@ use leadgate_protocol::leads::{
     LeadDetailsMessage, LeadFilter, LeadsErrorMessage, LeadsPage, LeadsQuery, LeadsRequest,
     Pagination, SyncAccepted,
 };
-use leadgate_store::{CRAWL_QUEUED, Store};
+use leadgate_store::{CRAWL_QUEUED, LeadSearch, Store};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::App;
 use crate::auth::Principal;
@@ -237,6 +244,12 @@ pub struct Leads {
     cache: Mutex<HashMap<LeadsQuery, PageCell>>,
     changes: Mutex<Changes>,
     changed: tokio::sync::Notify,
+    /// `None` when the index is turned off.
+    search: Option<LeadSearch>,
+    /// Changes noted so far, and how many of them the index has read.
+    changes_noted: AtomicU64,
+    index_read: AtomicU64,
+    index_refresh: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -244,8 +257,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Leads {
-    pub fn new(store: Store, fanout: Arc<Fanout>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Store, fanout: Arc<Fanout>, metrics: Arc<Metrics>, index: bool) -> Self {
         Leads {
+            search: index.then(LeadSearch::new),
+            changes_noted: AtomicU64::new(0),
+            index_read: AtomicU64::new(0),
+            index_refresh: tokio::sync::Mutex::new(()),
             store,
             fanout,
             metrics,
@@ -394,6 +411,7 @@ impl Leads {
                 None => changes.all = true,
             }
         }
+        self.changes_noted.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_one();
     }
 
@@ -409,7 +427,7 @@ impl Leads {
         let result = cell
             .get_or_init(|| async {
                 let started = std::time::Instant::now();
-                let page = self.store.leads_page(query).await;
+                let page = self.read_page(query).await;
                 self.metrics.query("leads_page", started.elapsed());
                 match page {
                     Ok((projects, total)) => {
@@ -447,6 +465,75 @@ impl Leads {
         result
     }
 
+    /// A page and its total: from the index and one read of the page's rows
+    /// when the index is there, otherwise one SQL statement.
+    async fn read_page(
+        &self,
+        query: &LeadsQuery,
+    ) -> Result<(Vec<leadgate_protocol::leads::Lead>, u64), leadgate_store::StoreError> {
+        self.index_up_to_date().await;
+        let found = self.search.as_ref().and_then(|search| {
+            search.page(&query.filter, query.offset(), u64::from(query.page_size))
+        });
+        match found {
+            Some((ids, total)) => Ok((self.store.leads_by_ids(&ids).await?, total)),
+            None => self.store.leads_page(query).await,
+        }
+    }
+
+    /// Brings the index up to date when a change was noted since it was
+    /// last: a page read after an announcement shows what was announced,
+    /// whether or not the pusher got to it first. Once per change,
+    /// however many wait.
+    async fn index_up_to_date(&self) {
+        if self.search.is_none() {
+            return;
+        }
+        let wanted = self.changes_noted.load(Ordering::SeqCst);
+        if self.index_read.load(Ordering::SeqCst) >= wanted {
+            return;
+        }
+        let _one_at_a_time = self.index_refresh.lock().await;
+        if self.index_read.load(Ordering::SeqCst) >= wanted {
+            return;
+        }
+        let noted = self.changes_noted.load(Ordering::SeqCst);
+        if self.refresh_index().await {
+            self.index_read.fetch_max(noted, Ordering::SeqCst);
+        }
+    }
+
+    /// Brings the index up to date with the table (reads it whole the
+    /// first time); `false` if that failed, which leaves the index as it
+    /// was.
+    pub async fn refresh_index(&self) -> bool {
+        let Some(search) = &self.search else {
+            return true;
+        };
+        let started = std::time::Instant::now();
+        match search.refresh(&self.store).await {
+            Ok(done) => {
+                self.metrics.query("leads_index", started.elapsed());
+                let took_ms = started.elapsed().as_millis() as u64;
+                if done.whole {
+                    info!(leads = done.leads, took_ms, "Read the leads index.");
+                } else {
+                    debug!(
+                        rows = done.rows,
+                        leads = done.leads,
+                        took_ms,
+                        "Leads index brought up to date."
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                error!(error = %e, "Could not bring the leads index up to date.");
+                false
+            }
+        }
+    }
+
     /// Sends `leads_updated` to every client concerned by each change, until
     /// `cancel`.
     pub async fn run_pusher(self: Arc<Self>, cancel: CancellationToken) {
@@ -457,6 +544,9 @@ impl Leads {
             }
             tokio::time::sleep(DEBOUNCE).await;
             let changes = std::mem::take(&mut *lock(&self.changes));
+            // Pages read from here on see the change: the index first, then
+            // an empty cache.
+            self.index_up_to_date().await;
             lock(&self.cache).clear();
             let mut groups: HashMap<LeadsQuery, Vec<u64>> = HashMap::new();
             for (id, client) in lock(&self.clients).iter() {
