@@ -6,10 +6,12 @@
 //! BENCHMARKS.md has the figures.
 
 mod clients;
+mod leads;
 mod probe;
 mod procs;
 mod report;
 mod scenarios;
+mod views;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -106,6 +108,9 @@ enum Internal {
     /// A client process, started by the benchmark itself.
     #[command(hide = true)]
     Clients,
+    /// The leads view at scale: page queries at each size, and open lead
+    /// views refreshed after a crawl.
+    Leads(leads::Args),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -144,6 +149,11 @@ fn main() -> ExitCode {
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, clients::run()).map(|()| true)
             }),
+        Some(Internal::Leads(args)) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(leads::run(args)).map(|()| true)),
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -98,6 +98,29 @@ impl LeadIndex {
         self.order.is_empty()
     }
 
+    /// About how much memory it takes, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        let bitmaps = |docs: &RoaringBitmap| docs.serialized_size() + 32;
+        let named = self
+            .providers
+            .iter()
+            .chain(self.skills.iter())
+            .map(|(name, docs)| name.capacity() + 24 + bitmaps(docs))
+            .sum::<usize>()
+            + self
+                .words
+                .iter()
+                .map(|(word, docs)| word.capacity() + 24 + 16 + bitmaps(docs))
+                .sum::<usize>();
+        self.ids.capacity() * 8
+            + self.keys.capacity() * 8
+            + self.order.capacity() * 4
+            + self.rank.capacity() * 4
+            + self.docs.capacity() * 17
+            + self.remote.iter().map(bitmaps).sum::<usize>()
+            + named
+    }
+
     /// Adds leads, or replaces what it knew of them.
     pub fn apply(&mut self, leads: Vec<IndexedLead>) {
         let mut changed = RoaringBitmap::new();
@@ -320,6 +343,13 @@ impl LeadSearch {
 
     fn current(&self) -> Option<Arc<RwLock<LeadIndex>>> {
         self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// About how much memory the index takes, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        self.current().map_or(0, |index| {
+            index.read().unwrap_or_else(|p| p.into_inner()).heap_bytes()
+        })
     }
 
     /// A page of `filter` as [`LeadIndex::page`]; `None` until the index

@@ -1,22 +1,26 @@
-//! How fast a filtered page of leads comes back: for each size, fills a
-//! fresh database, runs each filter of the leads API many times through
-//! `Store::leads_page` (the count and the page, as the gateway does) and
-//! prints a table of latencies per filter. PostgreSQL at every size given,
-//! then SQLite (the embedded default) at its own size.
+//! `leadgate-bench leads`: the leads view at scale, on the filled
+//! databases of each size.
 //!
-//! ```sh
-//! cargo run --release -p leadgate-store --example leads_bench -- \
-//!     [--postgres postgres://postgres@127.0.0.1:5432/postgres] \
-//!     [--sizes 100000,1000000] [--sqlite 100000] [--runs 200] [--keep]
-//! cargo run --release -p leadgate-store --example leads_bench -- --existing URL
-//! ```
+//! For each PostgreSQL size, it fills a fresh database with generated
+//! leads, then:
+//! - runs each filter of the leads API many times both ways the gateway
+//!   answers a page (its in-memory index and one read of the page's rows;
+//!   one SQL statement for page and total, as before the index is read),
+//!   checks that they agree and prints one table of latencies;
+//! - times bringing the index up to date after a crawl;
+//! - with a leadgate binary, starts two instances on that database and
+//!   measures how soon a crawler's announcement refreshes thousands of open
+//!   lead views ([`crate::views`]).
+//!
+//! Then the same table for SQLite, the embedded default, at its own size.
 //!
 //! `--postgres` names a server where the user may create databases; each
 //! size gets `leadgate_bench_<pid>_<size>` there, dropped afterwards unless
-//! `--keep`. `--sqlite 0` skips SQLite; `--sizes ''` skips PostgreSQL.
+//! `--keep`. `--existing URL` measures a database kept by an earlier run.
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use leadgate_protocol::leads::{LeadFilter, LeadInput, LeadsQuery};
 use leadgate_store::{LeadSearch, Store};
 use sea_orm::{ConnectionTrait, Database};
@@ -89,50 +93,82 @@ impl Lcg {
     }
 }
 
-struct Options {
+#[derive(clap::Args)]
+pub struct Args {
+    /// A PostgreSQL server where the user may create databases (any
+    /// database of it).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     postgres: String,
+    /// Numbers of leads PostgreSQL is measured with.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     sizes: Vec<usize>,
+    /// Number of leads SQLite is measured with (0: not measured).
+    #[arg(long, default_value_t = 100_000)]
     sqlite: usize,
+    /// Runs of each filter through the index.
+    #[arg(long, default_value_t = 200)]
     runs: usize,
+    /// Runs of each filter through SQL, which takes up to a second a run at
+    /// a million leads.
+    #[arg(long, default_value_t = 30)]
+    sql_runs: usize,
+    /// Keep the databases filled.
+    #[arg(long)]
     keep: bool,
+    /// Measure this database, filled by an earlier run, instead.
+    #[arg(long)]
     existing: Option<String>,
+    /// Open lead views for the refresh after a crawl (0: not measured).
+    #[arg(long, default_value_t = 10_000)]
+    views: usize,
+    /// The leadgate binary the views are served by; by default the one
+    /// beside this program.
+    #[arg(long)]
+    leadgate_bin: Option<std::path::PathBuf>,
+    /// Redis for the two instances of the views.
+    #[arg(
+        long,
+        env = "LEADGATE_BENCH_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
 }
 
-fn options() -> Result<Options, Box<dyn std::error::Error>> {
-    let mut options = Options {
-        postgres: "postgres://postgres@127.0.0.1:5432/postgres".into(),
-        sizes: vec![100_000, 1_000_000],
-        sqlite: 100_000,
-        runs: 200,
-        keep: false,
-        existing: None,
+struct Plan {
+    runs: usize,
+    sql_runs: usize,
+    views: usize,
+    leadgate_bin: std::path::PathBuf,
+    redis_url: String,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let leadgate_bin = match args.leadgate_bin.clone() {
+        Some(path) => path,
+        None => crate::beside_this_program("leadgate")?,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--postgres" => options.postgres = value()?,
-            "--sizes" => {
-                options.sizes = value()?
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?
-            }
-            "--sqlite" => options.sqlite = value()?.parse()?,
-            "--runs" => options.runs = value()?.parse()?,
-            "--keep" => options.keep = true,
-            "--existing" => options.existing = Some(value()?),
-            other => return Err(format!("unknown argument {other} (see the file's header)").into()),
-        }
+    if args.views > 0 {
+        anyhow::ensure!(
+            leadgate_bin.exists(),
+            "no leadgate binary at {} for the views; build it with `cargo build --release -p leadgate` (or --views 0)",
+            leadgate_bin.display()
+        );
+        crate::scenarios::check_redis(&args.redis_url).await?;
+        let (open_files, _) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
+        anyhow::ensure!(
+            open_files > args.views as u64 + 200,
+            "{} views need more open files than the limit of {open_files} (ulimit -n)",
+            args.views
+        );
     }
-    Ok(options)
-}
-
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let options = options()?;
-    if let Some(url) = &options.existing {
+    let plan = Plan {
+        runs: args.runs.max(1),
+        sql_runs: args.sql_runs.max(1),
+        views: args.views,
+        leadgate_bin,
+        redis_url: args.redis_url.clone(),
+    };
+    if let Some(url) = &args.existing {
         let store = Store::connect(url).await?;
         store.migrate().await?;
         store_analyze(url).await?;
@@ -143,27 +179,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             "PostgreSQL"
         };
-        return measure(database, url, count as usize, options.runs).await;
+        return measure(database, url, count as usize, &plan).await;
     }
-    let admin = Database::connect(&options.postgres).await?;
-    let server = options
+    let admin = Database::connect(&args.postgres).await?;
+    let server = args
         .postgres
         .rsplit_once('/')
-        .map_or(options.postgres.as_str(), |(s, _)| s)
+        .map_or(args.postgres.as_str(), |(s, _)| s)
         .to_owned();
-    for &count in &options.sizes {
+    for &count in &args.sizes {
         let name = format!("leadgate_bench_{}_{count}", std::process::id());
         admin
             .execute_unprepared(&format!("CREATE DATABASE {name}"))
             .await?;
-        let result = run(
-            "PostgreSQL",
-            &format!("{server}/{name}"),
-            count,
-            options.runs,
-        )
-        .await;
-        if options.keep {
+        let result =
+            fill_and_measure("PostgreSQL", &format!("{server}/{name}"), count, &plan).await;
+        if args.keep {
             println!("Kept the database {name}.");
         } else {
             admin
@@ -173,12 +204,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         result?;
     }
     admin.close().await?;
-    if options.sqlite > 0 {
+    if args.sqlite > 0 {
         let dir = std::env::temp_dir().join(format!("leadgate_bench_{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let url = format!("sqlite://{}/leads.db?mode=rwc", dir.display());
-        let result = run("SQLite", &url, options.sqlite, options.runs).await;
-        if options.keep {
+        let sqlite = Plan { views: 0, ..plan };
+        let result = fill_and_measure("SQLite", &url, args.sqlite, &sqlite).await;
+        if args.keep {
             println!("Kept {}.", dir.display());
         } else {
             std::fs::remove_dir_all(&dir)?;
@@ -188,12 +220,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn run(
+async fn fill_and_measure(
     database: &str,
     url: &str,
     count: usize,
-    runs: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+    plan: &Plan,
+) -> anyhow::Result<()> {
     let store = Store::connect(url).await?;
     store.migrate().await?;
 
@@ -211,11 +243,22 @@ async fn run(
         PROVIDERS.len(),
         started.elapsed().as_secs_f64()
     );
-    // The steady state of a live table: autovacuum has run (statistics, and
-    // the visibility map that lets counts read only the indexes).
+    // A table as it is a day later: nothing written lately (the index reads
+    // again what was written in the last minutes), autovacuum has run
+    // (statistics, and the visibility map that lets counts read only the
+    // indexes).
+    if database == "PostgreSQL" {
+        let db = Database::connect(url).await?;
+        db.execute_unprepared(
+            "UPDATE leads SET created_at = created_at - interval '1 day', \
+             updated_at = updated_at - interval '1 day'",
+        )
+        .await?;
+        db.close().await?;
+    }
     store_analyze(url).await?;
     store.close().await?;
-    measure(database, url, count, runs).await
+    measure(database, url, count, plan).await
 }
 
 /// Reads the table into a [`LeadSearch`] index, runs every filter `runs`
@@ -224,25 +267,19 @@ async fn run(
 /// answers before its index is read), checks that both give the same page
 /// and total, and prints the table. Then writes a crawl of new leads and
 /// times bringing the index up to date.
-async fn measure(
-    database: &str,
-    url: &str,
-    count: usize,
-    runs: usize,
-) -> Result<(), Box<dyn std::error::Error>> {
+async fn measure(database: &str, url: &str, count: usize, plan: &Plan) -> anyhow::Result<()> {
+    let runs = plan.runs;
     let store = Store::connect(url).await?;
     let search = LeadSearch::new();
-    let rss_before = rss_kib();
     let started = Instant::now();
     let loaded = search.refresh(&store).await?;
     let load = started.elapsed();
-    let rss_after = rss_kib();
     println!();
     println!(
-        "{database}: index of {} leads read in {:.2} s; the process grew by {} MiB.",
+        "{database}: index of {} leads read in {:.2} s; it takes about {} MiB.",
         loaded.leads,
         load.as_secs_f64(),
-        rss_after.saturating_sub(rss_before) / 1024
+        search.heap_bytes() / (1024 * 1024)
     );
 
     let filter = |f: serde_json::Value| -> LeadFilter {
@@ -309,30 +346,36 @@ async fn measure(
     );
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     for (name, query) in cases {
-        let mut sql = Vec::with_capacity(runs);
-        let mut indexed = Vec::with_capacity(runs);
-        let mut answers = None;
-        for _ in 0..runs {
+        let mut sql = Vec::with_capacity(plan.sql_runs);
+        let mut by_sql = None;
+        for _ in 0..plan.sql_runs {
             let t = Instant::now();
-            let by_sql = store.leads_page(&query).await?;
+            let answer = store.leads_page(&query).await?;
             sql.push(t.elapsed());
+            by_sql.get_or_insert(answer);
+        }
+        let mut indexed = Vec::with_capacity(runs);
+        let mut by_index = None;
+        for _ in 0..runs {
             let t = Instant::now();
             let (ids, total) = search
                 .page(&query.filter, query.offset(), u64::from(query.page_size))
-                .expect("the index was read");
+                .context("the index was read")?;
             let page = store.leads_by_ids(&ids).await?;
             indexed.push(t.elapsed());
-            answers.get_or_insert((by_sql, (page, total)));
+            by_index.get_or_insert((page, total));
         }
-        let ((sql_page, sql_total), (index_page, index_total)) = answers.expect("one run at least");
-        assert_eq!(sql_total, index_total, "{name}: the totals differ");
-        assert!(sql_page == index_page, "{name}: the pages differ");
+        let ((sql_page, sql_total), (index_page, index_total)) =
+            (by_sql.context("no run")?, by_index.context("no run")?);
+        anyhow::ensure!(sql_total == index_total, "{name}: the totals differ");
+        anyhow::ensure!(sql_page == index_page, "{name}: the pages differ");
         let stats = |times: &mut Vec<Duration>| {
             times.sort();
+            let n = times.len();
             (
-                ms(times[runs / 2]),
-                ms(times[(runs * 99 / 100).min(runs - 1)]),
-                ms(times[runs - 1]),
+                ms(times[n / 2]),
+                ms(times[(n * 99 / 100).min(n - 1)]),
+                ms(times[n - 1]),
             )
         };
         let (s50, s99, smax) = stats(&mut sql);
@@ -367,18 +410,63 @@ async fn measure(
     );
     let (_, total) = search
         .page(&LeadFilter::default(), 0, 1)
-        .expect("the index was read");
-    assert_eq!(total, store.leads_page(&LeadsQuery::default()).await?.1);
+        .context("the index was read")?;
+    anyhow::ensure!(
+        total == store.leads_page(&LeadsQuery::default()).await?.1,
+        "the index lost count after the crawl"
+    );
     store.close().await?;
-    Ok(())
-}
 
-/// The resident size of this process.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| pages * 4)
+    if plan.views > 0 && database == "PostgreSQL" {
+        // The next crawl: 200 new leads of every provider, announced once.
+        let crawl: Vec<(String, Vec<LeadInput>)> = PROVIDERS
+            .iter()
+            .map(|provider| {
+                let leads = (0..200)
+                    .map(|i| generated_lead(&mut rng, provider, count + 10_000 + i, true))
+                    .collect();
+                (provider.to_string(), leads)
+            })
+            .collect();
+        let refresh = crate::views::run(
+            &plan.leadgate_bin,
+            url,
+            &plan.redis_url,
+            plan.views,
+            &PROVIDERS,
+            &SKILLS
+                .map(str::to_lowercase)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            crawl,
+        )
+        .await?;
+        println!();
+        println!(
+            "{} lead views on two instances ({} opened in {:.1} s), a crawl of 1,000 new leads announced once:",
+            refresh.views, refresh.views, refresh.connect_s
+        );
+        println!(
+            "  memory of each instance with its index and views: {} / {} MiB",
+            refresh.rss_mib[0], refresh.rss_mib[1]
+        );
+        println!(
+            "  every view pushed its own fresh page (checked against the database): last after {:.0} ms, p50 {:.0} ms, p99 {:.0} ms",
+            refresh.last_ms, refresh.p50_ms, refresh.p99_ms
+        );
+        for i in 0..2 {
+            println!(
+                "  instance {}: {} page queries for {} distinct pages, {} index refresh, {:.0} ms of CPU",
+                i + 1,
+                refresh.page_queries[i],
+                refresh.distinct_pages[i],
+                refresh.index_refreshes[i],
+                refresh.cpu_ms[i]
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A lead as a crawler might report it; `fresh` ones are dated after
@@ -418,12 +506,12 @@ fn query(filter: LeadFilter) -> LeadsQuery {
     }
 }
 
-async fn store_analyze(url: &str) -> Result<(), sea_orm::DbErr> {
+async fn store_analyze(url: &str) -> anyhow::Result<()> {
     let db = Database::connect(url).await?;
     let statement = match db.get_database_backend() {
         sea_orm::DbBackend::Postgres => "VACUUM ANALYZE leads",
         _ => "ANALYZE",
     };
     db.execute_unprepared(statement).await?;
-    db.close().await
+    Ok(db.close().await?)
 }
