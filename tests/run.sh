@@ -149,3 +149,7 @@ done
 echo "==> benchmark, quick run: every scenario on leadgate, bare socketioxide and the Node.js peer"
 LEADGATE_BENCH_DATABASE_URL="${postgres_url%/*}/leadgate_bench" LEADGATE_BENCH_REDIS_URL="$redis_url" \
   BENCH_PROFILE=dev crates/leadgate-bench/run.sh --quick --json target/bench/quick.json
+
+echo "==> leads benchmark, quick run: pages by index and by SQL (checked to agree), lead views refreshed after a crawl"
+LEADGATE_BENCH_REDIS_URL="$redis_url" target/debug/leadgate-bench leads --quick \
+  --postgres "$postgres_url" --leadgate-bin target/debug/leadgate

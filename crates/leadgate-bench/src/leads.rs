@@ -125,6 +125,10 @@ pub struct Args {
     /// beside this program.
     #[arg(long)]
     leadgate_bin: Option<std::path::PathBuf>,
+    /// A short run of everything at small sizes, to check that the
+    /// benchmark works (the figures mean little).
+    #[arg(long)]
+    quick: bool,
     /// Redis for the two instances of the views.
     #[arg(
         long,
@@ -142,7 +146,14 @@ struct Plan {
     redis_url: String,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    if args.quick {
+        args.sizes = vec![20_000];
+        args.sqlite = 5_000;
+        args.runs = args.runs.min(20);
+        args.sql_runs = args.sql_runs.min(5);
+        args.views = args.views.min(1_000);
+    }
     let leadgate_bin = match args.leadgate_bin.clone() {
         Some(path) => path,
         None => crate::beside_this_program("leadgate")?,
@@ -247,15 +258,17 @@ async fn fill_and_measure(
     // again what was written in the last minutes), autovacuum has run
     // (statistics, and the visibility map that lets counts read only the
     // indexes).
-    if database == "PostgreSQL" {
-        let db = Database::connect(url).await?;
-        db.execute_unprepared(
-            "UPDATE leads SET created_at = created_at - interval '1 day', \
-             updated_at = updated_at - interval '1 day'",
-        )
-        .await?;
-        db.close().await?;
-    }
+    let db = Database::connect(url).await?;
+    db.execute_unprepared(if database == "PostgreSQL" {
+        "UPDATE leads SET created_at = created_at - interval '1 day', \
+         updated_at = updated_at - interval '1 day'"
+    } else {
+        "UPDATE leads SET \
+         created_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', created_at, '-1 day'), \
+         updated_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', updated_at, '-1 day')"
+    })
+    .await?;
+    db.close().await?;
     store_analyze(url).await?;
     store.close().await?;
     measure(database, url, count, plan).await

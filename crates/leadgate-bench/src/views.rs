@@ -24,7 +24,7 @@ use leadgate_store::Store;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::procs::{Environment, Kind, Server, Usage, clock_ticks_per_second};
@@ -218,28 +218,64 @@ async fn next_page(ws: &mut Ws, socket_io: bool, kind: &str) -> anyhow::Result<S
             other => bail!("the connection ended waiting for {kind}: {other:?}"),
         };
         let text = text.as_str();
-        let message: PageMessage = if socket_io {
-            if text == "2" {
-                ws.send(Message::text("3")).await?;
-                continue;
-            }
-            let Some(args) = text.strip_prefix("42/leads,") else {
-                continue;
-            };
-            let (event, message): (String, PageMessage) = serde_json::from_str(args)?;
-            if event != message.kind {
-                bail!("event {event} carries a message of type {}", message.kind);
-            }
-            message
-        } else {
-            serde_json::from_str(text)?
-        };
+        if socket_io && text == "2" {
+            ws.send(Message::text("3")).await?;
+            continue;
+        }
+        if socket_io && !text.starts_with("42/leads,") {
+            continue;
+        }
+        let message = page_of(text, socket_io)?;
         if message.kind == kind {
             return Ok(message.seen());
         }
         if message.kind == "error" {
             bail!("the gateway answered an error: {text}");
         }
+    }
+}
+
+/// Reads until `leads_updated`, answering Engine.IO pings; the frame is
+/// told by its start and kept as it came.
+async fn next_update(ws: &mut Ws, socket_io: bool) -> anyhow::Result<(Utf8Bytes, Instant)> {
+    let start = if socket_io {
+        "42/leads,[\"leads_updated\","
+    } else {
+        "{\"type\":\"leads_updated\","
+    };
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                if text.as_str().starts_with(start) {
+                    return Ok((text, Instant::now()));
+                }
+                if socket_io && text.as_str() == "2" {
+                    ws.send(Message::text("3")).await?;
+                } else if text.as_str().contains("\"error\"") {
+                    bail!("the gateway sent an error: {}", text.as_str());
+                }
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            other => bail!("the connection ended waiting for leads_updated: {other:?}"),
+        }
+    }
+}
+
+/// The page message of a frame.
+fn page_of(text: &str, socket_io: bool) -> anyhow::Result<PageMessage> {
+    if socket_io {
+        let args = text
+            .strip_prefix("42/leads,")
+            .context("not a /leads event")?;
+        let (event, message): (String, PageMessage) = serde_json::from_str(args)?;
+        anyhow::ensure!(
+            event == message.kind,
+            "event {event} carries a {}",
+            message.kind
+        );
+        Ok(message)
+    } else {
+        Ok(serde_json::from_str(text)?)
     }
 }
 
@@ -363,10 +399,11 @@ async fn measure(
                     .context("opening a view took over a minute")??
             };
             opened.fetch_add(1, Ordering::SeqCst);
-            let seen = next_page(&mut ws, view.socket_io, "leads_updated").await?;
-            let at = Instant::now();
-            let _ = ws.close(None).await;
-            anyhow::Ok((seen, at))
+            // The time a whole page arrived; it is read (and the connection
+            // closed) once every view has its page, so that this process
+            // takes little of the machine while the gateways push.
+            let (text, at) = next_update(&mut ws, view.socket_io).await?;
+            anyhow::Ok((text, at, ws))
         }));
     }
     while opened.load(Ordering::SeqCst) < views.len() {
@@ -418,17 +455,25 @@ async fn measure(
         .await?;
 
     let mut arrivals = Vec::with_capacity(tasks.len());
+    let mut connections = Vec::with_capacity(tasks.len());
     let deadline = tokio::time::Instant::now() + REFRESH_WITHIN;
     for task in tasks {
-        let (seen, at) = tokio::time::timeout_at(deadline, task)
+        let (text, at, ws) = tokio::time::timeout_at(deadline, task)
             .await
             .context("views were not refreshed within a minute")???;
-        arrivals.push((seen, at));
+        arrivals.push((text, at));
+        connections.push(ws);
     }
     let cpu_after: Vec<Usage> = servers
         .iter()
         .map(Server::usage)
         .collect::<Result<_, _>>()?;
+    drop(connections);
+    let arrivals: Vec<(Seen, Instant)> = arrivals
+        .into_iter()
+        .zip(&views)
+        .map(|((text, at), view)| Ok((page_of(text.as_str(), view.socket_io)?.seen(), at)))
+        .collect::<anyhow::Result<_>>()?;
     let last = arrivals.iter().map(|(_, at)| *at).max().unwrap_or(t0);
     // Let the instances finish what they count before reading the counts.
     tokio::time::sleep(Duration::from_millis(300)).await;
