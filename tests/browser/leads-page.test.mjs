@@ -81,7 +81,7 @@ describe('examples/leads-page in Chromium', () => {
     requireChromium();
     web = await serveStatic();
     gw = await startLeadsGateway({ env: { LEADGATE_ALLOWED_ORIGINS: web.origin } });
-    env = { databaseUrl: gw.db.url };
+    env = { databaseUrl: gw.db.url, gateways: [gw] };
     for (const provider of ['freelance.de', 'xing']) {
       await importLeads(env, fixturePath(provider), provider);
       leads.add(provider, fixture(provider));

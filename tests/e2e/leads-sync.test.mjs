@@ -116,7 +116,7 @@ describe('one gateway, crawl requests and imports', () => {
 
   before(async () => {
     gw = await startLeadsGateway({ env: { RUST_LOG: 'info,leadgate=debug' } });
-    env = { databaseUrl: gw.db.url };
+    env = { databaseUrl: gw.db.url, gateways: [gw] };
   });
 
   after(async () => {
@@ -421,7 +421,7 @@ describe('many clients on one page share one query', () => {
 
   before(async () => {
     gw = await startLeadsGateway({ env: { RUST_LOG: 'info,leadgate=debug' } });
-    env = { databaseUrl: gw.db.url };
+    env = { databaseUrl: gw.db.url, gateways: [gw] };
     await importLeads(env, fixturePath('freelance.de'), 'freelance.de');
     model.upsert('freelance.de', fixture('freelance.de'));
   });

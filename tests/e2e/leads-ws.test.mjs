@@ -23,7 +23,7 @@ let gw;
 
 before(async () => {
   gw = await startLeadsGateway();
-  await importLeads({ databaseUrl: gw.db.url }, fixturePath('xing'), 'xing');
+  await importLeads({ databaseUrl: gw.db.url, gateways: [gw] }, fixturePath('xing'), 'xing');
   fixture('xing').forEach((l, i) => ALL.push({ ...l, provider: 'xing', seq: i + 1 }));
 });
 

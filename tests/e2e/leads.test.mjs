@@ -55,7 +55,7 @@ let gw;
 
 before(async () => {
   gw = await startLeadsGateway();
-  const env = { databaseUrl: gw.db.url };
+  const env = { databaseUrl: gw.db.url, gateways: [gw] };
   let seq = 0;
   for (const [provider, leads, file] of [
     ['freelance.de', fixture('freelance.de'), fixturePath('freelance.de')],

@@ -532,9 +532,30 @@ export async function importLeads(envOpts, leads, provider, { request } = {}) {
   const file = typeof leads === 'string' ? leads : writeFile(leads);
   const args = ['leads', 'import', file, '--provider', provider];
   if (request !== undefined) args.push('--request', String(request));
+  const gateways = envOpts.gateways ?? [];
+  const before = await Promise.all(gateways.map(indexReads));
   const r = await leadgateCli(args, envOpts);
   if (r.code !== 0) throw new Error(`leadgate ${args.join(' ')} exited ${r.code}:\n${r.stdout}${r.stderr}`);
+  // Pages come from each gateway's leads index, which reads the import when
+  // the gateway notices it (the import's announcement, or the table poll):
+  // wait for that, so that a page asked for next shows the import.
+  await Promise.all(gateways.map((gw, i) => waitForIndexRead(gw, before[i])));
   return r;
+}
+
+/** How many times a gateway's leads index has read the table so far. */
+async function indexReads(gw) {
+  const text = await (await fetch(`${gw.url}/metrics`, { signal: AbortSignal.timeout(5_000) })).text();
+  const line = text.split('\n').find((l) => l.startsWith('leadgate_db_query_seconds_count{query="leads_index"}'));
+  return line ? Number(line.split(' ').pop()) : 0;
+}
+
+async function waitForIndexRead(gw, before) {
+  const deadline = Date.now() + 15_000;
+  while ((await indexReads(gw)) <= before) {
+    if (Date.now() > deadline) throw new Error(`the gateway at ${gw.url} did not read the import into its leads index within 15 s`);
+    await sleep(20);
+  }
 }
 
 /** `leadgate leads claim --worker W [--provider P]` → `{ request_id, provider }` or null. */
