@@ -337,11 +337,7 @@ pub async fn run(
     for server in servers {
         server.stop().await;
     }
-    if result.is_ok() {
-        let _ = std::fs::remove_dir_all(&log_dir);
-    } else {
-        eprintln!("the instances' logs are in {}", log_dir.display());
-    }
+    eprintln!("the instances' logs are in {}", log_dir.display());
     result
 }
 

@@ -167,12 +167,21 @@ impl Store {
             .collect())
     }
 
-    /// What the index needs of the leads written at or after `since`, and
-    /// how many leads there are, as one snapshot of the table.
+    /// What the index needs of the leads written at or after `since`; with
+    /// `count`, also how many leads there are, in the same snapshot of the
+    /// table.
     pub async fn lead_index_changes(
         &self,
         since: DateTime<Utc>,
-    ) -> Result<(Vec<IndexedLead>, u64), StoreError> {
+        count: bool,
+    ) -> Result<(Vec<IndexedLead>, Option<u64>), StoreError> {
+        let select = index_select()
+            .filter(lead::Column::UpdatedAt.gte(since))
+            .into_tuple::<IndexRow>();
+        if !count {
+            let rows = select.all(&self.db).await?;
+            return Ok((rows.into_iter().map(indexed).collect(), None));
+        }
         let txn = match self.db.get_database_backend() {
             DbBackend::Postgres => {
                 self.db
@@ -185,14 +194,10 @@ impl Store {
             // SQLite's transactions see one snapshot already.
             _ => self.db.begin().await?,
         };
-        let rows = index_select()
-            .filter(lead::Column::UpdatedAt.gte(since))
-            .into_tuple::<IndexRow>()
-            .all(&txn)
-            .await?;
+        let rows = select.all(&txn).await?;
         let count = lead::Entity::find().count(&txn).await?;
         txn.commit().await?;
-        Ok((rows.into_iter().map(indexed).collect(), count))
+        Ok((rows.into_iter().map(indexed).collect(), Some(count)))
     }
 
     /// What the index needs of up to `limit` leads with ids above `after`,

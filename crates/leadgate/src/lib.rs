@@ -289,7 +289,7 @@ pub async fn run(
         background.push(tokio::spawn(async move {
             tokio::select! {
                 () = cancel.cancelled() => {}
-                _ = leads.refresh_index() => {}
+                _ = leads.refresh_index(true) => {}
             }
         }));
     }

@@ -498,22 +498,26 @@ impl Leads {
             return;
         }
         let noted = self.changes_noted.load(Ordering::SeqCst);
-        if self.refresh_index().await {
+        if self.refresh_index(false).await.is_some() {
             self.index_read.fetch_max(noted, Ordering::SeqCst);
         }
     }
 
     /// Brings the index up to date with the table (reads it whole the
-    /// first time); `false` if that failed, which leaves the index as it
-    /// was.
-    pub async fn refresh_index(&self) -> bool {
-        let Some(search) = &self.search else {
-            return true;
-        };
+    /// first time; with `check`, also when it no longer holds every lead;
+    /// see [`LeadSearch::refresh`]); `None` if that failed, which leaves
+    /// the index as it was, or if there is no index.
+    pub async fn refresh_index(&self, check: bool) -> Option<leadgate_store::Refreshed> {
+        let search = self.search.as_ref()?;
         let started = std::time::Instant::now();
-        match search.refresh(&self.store).await {
+        match search.refresh(&self.store, check).await {
             Ok(done) => {
-                self.metrics.query("leads_index", started.elapsed());
+                let label = if check && !done.whole {
+                    "leads_index_check"
+                } else {
+                    "leads_index"
+                };
+                self.metrics.query(label, started.elapsed());
                 let took_ms = started.elapsed().as_millis() as u64;
                 if done.whole {
                     info!(leads = done.leads, took_ms, "Read the leads index.");
@@ -521,15 +525,16 @@ impl Leads {
                     debug!(
                         rows = done.rows,
                         leads = done.leads,
+                        check,
                         took_ms,
                         "Leads index brought up to date."
                     );
                 }
-                true
+                Some(done)
             }
             Err(e) => {
                 error!(error = %e, "Could not bring the leads index up to date.");
-                false
+                None
             }
         }
     }
@@ -544,9 +549,11 @@ impl Leads {
             }
             tokio::time::sleep(DEBOUNCE).await;
             let changes = std::mem::take(&mut *lock(&self.changes));
+            let started = std::time::Instant::now();
             // Pages read from here on see the change: the index first, then
             // an empty cache.
             self.index_up_to_date().await;
+            let index_ms = started.elapsed().as_millis() as u64;
             lock(&self.cache).clear();
             let mut groups: HashMap<LeadsQuery, Vec<u64>> = HashMap::new();
             for (id, client) in lock(&self.clients).iter() {
@@ -580,7 +587,23 @@ impl Leads {
                     }
                 })
                 .await;
-            debug!(queries, "Pushed leads_updated.");
+            debug!(
+                queries,
+                index_ms,
+                took_ms = started.elapsed().as_millis() as u64,
+                "Pushed leads_updated."
+            );
+            // Off the way of the pages: whether the index still holds every
+            // lead. When it had to read the table again (leads deleted, or
+            // written too late to be read), the pages just pushed may be
+            // wrong: push again.
+            if self
+                .refresh_index(true)
+                .await
+                .is_some_and(|done| done.whole)
+            {
+                self.changed(None);
+            }
         }
     }
 
