@@ -5,7 +5,7 @@
 //! A database alone cannot do this in a few milliseconds for every filter:
 //! the total is an exact count, and counting 100,000 matches of a word or
 //! a skill, or finding the newest 100 leads of a rare combination, visits
-//! every match (BENCHMARKS.md, "Leads queries"). Here each provider,
+//! every match (BENCHMARKS.md, "Leads at scale"). Here each provider,
 //! `remote` value, skill key and word of `search_text` has a compressed
 //! bitmap of the leads that have it: a filter is the intersection of its
 //! bitmaps (a `q` word: the union of the words it begins), the total its
@@ -345,6 +345,11 @@ impl LeadSearch {
         self.index.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether the index has been read a first time.
+    pub fn is_loaded(&self) -> bool {
+        self.current().is_some()
+    }
+
     /// About how much memory the index takes, in bytes.
     pub fn heap_bytes(&self) -> usize {
         self.current().map_or(0, |index| {
@@ -404,7 +409,17 @@ impl LeadSearch {
             let Some(last) = batch.last() else { break };
             after = last.id;
             rows += batch.len();
-            index.apply(batch);
+            // Tens of milliseconds a batch, seconds in all at a million
+            // leads: not on a thread that serves connections.
+            index = match tokio::task::spawn_blocking(move || {
+                index.apply(batch);
+                index
+            })
+            .await
+            {
+                Ok(index) => index,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            };
         }
         let leads = index.len();
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(RwLock::new(index)));

@@ -486,7 +486,9 @@ impl Leads {
     /// whether or not the pusher got to it first. Once per change,
     /// however many wait.
     async fn index_up_to_date(&self) {
-        if self.search.is_none() {
+        // Before its first read the index is not used (SQL answers), and
+        // nothing waits for that read.
+        if !self.search.as_ref().is_some_and(LeadSearch::is_loaded) {
             return;
         }
         let wanted = self.changes_noted.load(Ordering::SeqCst);
