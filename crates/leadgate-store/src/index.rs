@@ -56,7 +56,7 @@ pub struct IndexedLead {
 pub struct LeadIndex {
     /// Lead id and order key of each document.
     ids: Vec<i64>,
-    keys: Vec<i64>,
+    keys: Vec<i128>,
     docs: HashMap<i64, u32>,
     providers: HashMap<String, RoaringBitmap>,
     /// On site, remote.
@@ -68,12 +68,11 @@ pub struct LeadIndex {
     rank: Vec<u32>,
 }
 
-/// `posted_at` as a number that sorts the same way; undated leads get the
-/// smallest, so they come last.
-fn order_key(posted_at: Option<DateTime<Utc>>) -> i64 {
-    posted_at.map_or(i64::MIN, |t| {
-        t.timestamp_nanos_opt()
-            .unwrap_or_else(|| t.timestamp_micros().saturating_mul(1000))
+/// `posted_at` as a number that sorts the same way (nanoseconds, every
+/// date chrono holds); undated leads get the smallest, so they come last.
+fn order_key(posted_at: Option<DateTime<Utc>>) -> i128 {
+    posted_at.map_or(i128::MIN, |t| {
+        i128::from(t.timestamp()) * 1_000_000_000 + i128::from(t.timestamp_subsec_nanos())
     })
 }
 
@@ -113,7 +112,7 @@ impl LeadIndex {
                 .map(|(word, docs)| word.capacity() + 24 + 16 + bitmaps(docs))
                 .sum::<usize>();
         self.ids.capacity() * 8
-            + self.keys.capacity() * 8
+            + self.keys.capacity() * 16
             + self.order.capacity() * 4
             + self.rank.capacity() * 4
             + self.docs.capacity() * 17
@@ -358,10 +357,15 @@ impl LeadSearch {
     }
 
     /// A page of `filter` as [`LeadIndex::page`]; `None` until the index
-    /// has been read a first time.
+    /// has been read a first time, and while it is being brought up to
+    /// date (a caller does not wait for that: SQL gives the same answer).
     pub fn page(&self, filter: &LeadFilter, offset: u64, limit: u64) -> Option<(Vec<i64>, u64)> {
         let index = self.current()?;
-        let index = index.read().unwrap_or_else(|p| p.into_inner());
+        let index = match index.try_read() {
+            Ok(index) => index,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         Some(index.page(filter, offset, limit))
     }
 
@@ -378,10 +382,19 @@ impl LeadSearch {
             let (rows, count) = store.lead_index_changes(since, check).await?;
             let read = rows.len();
             let latest = rows.iter().map(|r| r.updated_at).max();
-            let leads = {
-                let mut index = index.write().unwrap_or_else(|p| p.into_inner());
+            // Off the threads that serve connections: a crawl that rewrote
+            // many leads takes a while. Pages asked for meanwhile come from
+            // SQL (see `page`).
+            let writing = index.clone();
+            let leads = match tokio::task::spawn_blocking(move || {
+                let mut index = writing.write().unwrap_or_else(|p| p.into_inner());
                 index.apply(rows);
                 index.len()
+            })
+            .await
+            {
+                Ok(leads) => leads,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
             };
             if count.is_none_or(|count| count == leads) {
                 if let Some(latest) = latest {
@@ -508,6 +521,22 @@ mod tests {
         assert_eq!(index.page(&xing_go, 0, 10), (vec![3, 2], 2));
         let gone = filter(serde_json::json!({ "q": "rustacean" }));
         assert_eq!(index.page(&gone, 0, 10), (vec![], 0));
+    }
+
+    #[test]
+    fn dates_far_from_now_keep_their_order() {
+        let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        let mut index = LeadIndex::default();
+        let mut old = lead(1, None, "p", None, &[], "a");
+        old.posted_at = at("0001-01-01T00:00:00Z");
+        let mut far = lead(2, None, "p", None, &[], "a");
+        far.posted_at = at("2999-12-31T00:00:00Z");
+        let mut later = lead(3, None, "p", None, &[], "a");
+        later.posted_at = at("3000-01-01T00:00:00Z");
+        let undated = lead(4, None, "p", None, &[], "a");
+        index.apply(vec![old, far, later, undated]);
+        let all = filter(serde_json::json!({}));
+        assert_eq!(index.page(&all, 0, 10), (vec![3, 2, 1, 4], 4));
     }
 
     #[test]

@@ -471,8 +471,13 @@ impl Leads {
         &self,
         query: &LeadsQuery,
     ) -> Result<(Vec<leadgate_protocol::leads::Lead>, u64), leadgate_store::StoreError> {
-        self.index_up_to_date().await;
-        let found = self.search.as_ref().and_then(|search| {
+        // Decided once: an index read for the first time while this page
+        // is asked for may not have read a change noted meanwhile.
+        let loaded = self.search.as_ref().filter(|search| search.is_loaded());
+        if loaded.is_some() {
+            self.index_up_to_date().await;
+        }
+        let found = loaded.and_then(|search| {
             search.page(&query.filter, query.offset(), u64::from(query.page_size))
         });
         match found {
