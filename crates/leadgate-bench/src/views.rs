@@ -210,7 +210,7 @@ async fn expect_prefix(ws: &mut Ws, prefix: &str) -> anyhow::Result<()> {
 }
 
 /// Reads until a page message of `kind`, answering Engine.IO pings.
-async fn next_page(ws: &mut Ws, socket_io: bool, kind: &str) -> anyhow::Result<Seen> {
+async fn next_page(ws: &mut Ws, socket_io: bool, kind: &str) -> anyhow::Result<()> {
     loop {
         let text = match ws.next().await {
             Some(Ok(Message::Text(text))) => text,
@@ -227,7 +227,7 @@ async fn next_page(ws: &mut Ws, socket_io: bool, kind: &str) -> anyhow::Result<S
         }
         let message = page_of(text, socket_io)?;
         if message.kind == kind {
-            return Ok(message.seen());
+            return Ok(());
         }
         if message.kind == "error" {
             bail!("the gateway answered an error: {text}");

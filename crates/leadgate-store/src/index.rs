@@ -199,7 +199,6 @@ impl LeadIndex {
             (keys[b], ids[b]).cmp(&(keys[a], ids[a]))
         };
         let mut fresh: Vec<u32> = moved.iter().collect();
-        fresh.sort_unstable_by(later);
         let order = if moved.len() > self.order.len() as u64 / 8 {
             let mut all: Vec<u32> = self
                 .order
@@ -211,6 +210,7 @@ impl LeadIndex {
             all.sort_unstable_by(later);
             all
         } else {
+            fresh.sort_unstable_by(later);
             let mut all = Vec::with_capacity(self.order.len() + fresh.len());
             let mut fresh = fresh.into_iter().peekable();
             for doc in self.order.iter().copied().filter(|d| !moved.contains(*d)) {

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     AccessMode, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    FromQueryResult, IsolationLevel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    FromQueryResult, IdenStatic, IsolationLevel, Iterable, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -26,27 +26,6 @@ use crate::{Store, StoreError};
 
 /// Leads written per INSERT statement.
 const UPSERT_BATCH: usize = 500;
-
-/// The columns of `leads` a page reads.
-const LEAD_COLUMNS: [&str; 17] = [
-    "id",
-    "provider",
-    "project_id",
-    "title",
-    "company",
-    "location",
-    "remote",
-    "rate",
-    "skills",
-    "skill_keys",
-    "search_text",
-    "url",
-    "posted_at",
-    "description",
-    "raw",
-    "created_at",
-    "updated_at",
-];
 
 /// A statement being written, with its values in order.
 struct Sql {
@@ -91,11 +70,11 @@ impl Store {
         let backend = self.db.get_database_backend();
         let filter = &query.filter;
         let mut sql = Sql::new(backend);
-        sql.text
-            .push_str("SELECT (SELECT count(*) FROM leads WHERE ");
-        self.lead_condition(&mut sql, filter);
+        sql.text.push_str("SELECT (");
+        self.count_matching(&mut sql, filter);
         sql.text.push_str(") AS total, ");
-        sql.text.push_str(&LEAD_COLUMNS.join(", "));
+        let columns: Vec<&str> = lead::Column::iter().map(|c| c.as_str()).collect();
+        sql.text.push_str(&columns.join(", "));
         sql.text.push_str(" FROM leads WHERE ");
         self.lead_condition(&mut sql, filter);
         // PostgreSQL cannot estimate how many rows a prefix word search
@@ -126,9 +105,7 @@ impl Store {
         let Some(first) = rows.first() else {
             // Past the last page: the count alone.
             let mut sql = Sql::new(backend);
-            sql.text
-                .push_str("SELECT count(*) AS total FROM leads WHERE ");
-            self.lead_condition(&mut sql, filter);
+            self.count_matching(&mut sql, filter);
             let row = self
                 .db
                 .query_one_raw(sea_orm::Statement::from_sql_and_values(
@@ -215,6 +192,13 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().map(indexed).collect())
+    }
+
+    /// `SELECT count(*) AS total` of the leads matching `filter`.
+    fn count_matching(&self, sql: &mut Sql, filter: &LeadFilter) {
+        sql.text
+            .push_str("SELECT count(*) AS total FROM leads WHERE ");
+        self.lead_condition(sql, filter);
     }
 
     fn lead_condition(&self, sql: &mut Sql, filter: &LeadFilter) {

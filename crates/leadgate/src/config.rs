@@ -233,7 +233,7 @@ pub struct Config {
     #[arg(long, env = "LEADGATE_LEADS_POLL", default_value_t = 1, global = true)]
     pub leads_poll: u64,
 
-    /// Keep an in-memory index of the leads (about 100 MB per million
+    /// Keep an in-memory index of the leads (about 65 MB per million
     /// leads), so that any page and its exact total take a millisecond or
     /// two; without it each page is one SQL statement, which counts every
     /// matching lead (hundreds of ms at a million leads).
