@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 on_every_backend!(
     filters_pages_and_order_match_a_model,
     each_client_is_pushed_its_own_page,
+    a_page_asked_for_after_an_announcement_shows_it,
     the_migration_rewrites_earlier_search_texts,
     the_index_answers_as_sql_does,
 );
@@ -319,6 +320,39 @@ async fn each_client_is_pushed_its_own_page(backend: Backend) {
         tokio::time::timeout(Duration::from_millis(400), freelance.next())
             .await
             .is_err()
+    );
+    gw.shutdown().await;
+}
+
+/// Pages are cached between changes; one asked for the moment an
+/// announcement was accepted, before the push that follows it, is read
+/// afresh rather than taken from the cache.
+async fn a_page_asked_for_after_an_announcement_shows_it(backend: Backend) {
+    let db = leadgate_tests::TestDb::new(backend).await;
+    let gw = Gateway::start_on(db, &["--leads-poll", "0"]).await;
+    let mut first = connect(&gw, "alice").await;
+    assert_eq!(next(&mut first).await["pagination"]["total"], 0);
+    let remote = json!({ "type": "get_leads", "filter": { "remote": true } });
+    assert_eq!(
+        ask(&mut first, remote.clone()).await["pagination"]["total"],
+        0
+    );
+
+    import(&gw, fixture()).await;
+    let (code, body) = gw
+        .post("/api/v1/leads/events", json!({ "type": "leads_updated" }))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let mut second = connect(&gw, "bob").await;
+    let init = next(&mut second).await;
+    assert_eq!(
+        (init["type"].clone(), init["pagination"]["total"].clone()),
+        (json!("leads_init"), json!(40))
+    );
+    let asked = ask(&mut second, remote).await;
+    assert_eq!(
+        (asked["type"].clone(), asked["pagination"]["total"].clone()),
+        (json!("leads_init"), json!(14))
     );
     gw.shutdown().await;
 }

@@ -59,6 +59,10 @@ impl Sql {
 /// A crawl request's state.
 pub const CRAWL_QUEUED: &str = "queued";
 
+/// How many leads there are and when one last changed (see
+/// [`Store::leads_version`]).
+pub type LeadsVersion = (u64, Option<DateTime<Utc>>);
+
 impl Store {
     /// One page of leads matching `query`, and how many match in all, in
     /// one statement. The gateway answers from its [`LeadSearch`] index
@@ -353,7 +357,7 @@ impl Store {
 
     /// How many leads there are and when one last changed: a cheap
     /// fingerprint of the table, for noticing crawlers' writes.
-    pub async fn leads_version(&self) -> Result<(u64, Option<DateTime<Utc>>), StoreError> {
+    pub async fn leads_version(&self) -> Result<LeadsVersion, StoreError> {
         let row: Option<(i64, Option<DateTime<Utc>>)> = lead::Entity::find()
             .select_only()
             .column_as(lead::Column::Id.count(), "count")

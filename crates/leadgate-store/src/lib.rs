@@ -50,7 +50,7 @@ pub struct OwnedJobStatus {
 }
 
 pub use index::{IndexedLead, LeadIndex, LeadSearch, OVERLAP, Refreshed};
-pub use leads::CRAWL_QUEUED;
+pub use leads::{CRAWL_QUEUED, LeadsVersion};
 
 /// A handle on the database; cheap to clone (it wraps a connection pool).
 #[derive(Debug, Clone)]

@@ -150,11 +150,11 @@ impl BusHandler for RedisHandler {
                 redis.subscribed.store(true, Ordering::Relaxed);
                 self.metrics.redis_up.set(1);
                 // Whatever was published while we were not subscribed is
-                // lost to us: read every followed job and page again.
+                // lost to us: read every followed job and page again. Also
+                // the first time: the leads index may have been read before
+                // a crawler's announcement that came too early for us.
                 self.hub.refresh_all();
-                if reconnect {
-                    self.leads.changed(None);
-                }
+                self.leads.changed(None);
                 // Redis answers again: a pending resync can go out now.
                 redis.unpublished_added.notify_one();
                 if reconnect {

@@ -282,6 +282,15 @@ pub async fn run(
         metrics.clone(),
         config.leads_index,
     ));
+    // Without Redis, crawlers' writes are noticed by watching the table from
+    // here on: from before the index is first read, so that nothing written
+    // in between is missed.
+    let watch = publisher.is_none() && config.leads_poll > 0;
+    let watched_from = if watch {
+        store.leads_version().await.ok()
+    } else {
+        None
+    };
     {
         // Pages come from SQL until the index has been read.
         let leads = leads.clone();
@@ -309,11 +318,11 @@ pub async fn run(
             )));
         }
         // Crawlers without Redis may only write the database: notice it.
-        None if config.leads_poll > 0 => background.push(tokio::spawn(
-            leads
-                .clone()
-                .run_watcher(Duration::from_secs(config.leads_poll), tasks.clone()),
-        )),
+        None if watch => background.push(tokio::spawn(leads.clone().run_watcher(
+            Duration::from_secs(config.leads_poll),
+            watched_from,
+            tasks.clone(),
+        ))),
         None => {}
     }
     background.push(tokio::spawn(fanout::run_resync_sender(

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub messages_dropped: Family<EventLabels, Counter>,
     pub redis_up: Gauge,
     pub slow_clients: Counter,
+    pub leads_changes: Counter,
     pub db_query_seconds: HistogramFamily<QueryLabels>,
     pub delivery_seconds: Histogram,
     /// When this instance published events it applied, by job and seq, until
@@ -110,6 +111,12 @@ impl Metrics {
             "Clients disconnected for not taking their messages for longer than the slow-client grace period",
             slow_clients.clone(),
         );
+        let leads_changes = Counter::default();
+        registry.register(
+            "leads_changes",
+            "Changes to the leads this instance noticed (announcements, the table poll, a Redis subscription made again); each one brings the leads index up to date before the next page is read",
+            leads_changes.clone(),
+        );
         let redis_up = Gauge::default();
         if redis {
             registry.register(
@@ -140,6 +147,7 @@ impl Metrics {
             messages_dropped,
             redis_up,
             slow_clients,
+            leads_changes,
             db_query_seconds,
             delivery_seconds,
             published: Mutex::default(),

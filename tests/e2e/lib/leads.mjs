@@ -533,27 +533,29 @@ export async function importLeads(envOpts, leads, provider, { request } = {}) {
   const args = ['leads', 'import', file, '--provider', provider];
   if (request !== undefined) args.push('--request', String(request));
   const gateways = envOpts.gateways ?? [];
-  const before = await Promise.all(gateways.map(indexReads));
+  const before = await Promise.all(gateways.map(changesNoticed));
   const r = await leadgateCli(args, envOpts);
   if (r.code !== 0) throw new Error(`leadgate ${args.join(' ')} exited ${r.code}:\n${r.stdout}${r.stderr}`);
-  // Pages come from each gateway's leads index, which reads the import when
-  // the gateway notices it (the import's announcement, or the table poll):
-  // wait for that, so that a page asked for next shows the import.
-  await Promise.all(gateways.map((gw, i) => waitForIndexRead(gw, before[i])));
+  // A gateway shows an import in the pages read once it has noticed it (the
+  // import's announcement, or the table poll): wait for that, so that a
+  // page asked for next shows the import. Nothing else changes the leads
+  // meanwhile, so the next change noticed is the import.
+  await Promise.all(gateways.map((gw, i) => waitForChange(gw, before[i])));
   return r;
 }
 
-/** How many times a gateway's leads index has read the table so far. */
-async function indexReads(gw) {
+/** How many changes to the leads a gateway has noticed so far. */
+async function changesNoticed(gw) {
   const text = await (await fetch(`${gw.url}/metrics`, { signal: AbortSignal.timeout(5_000) })).text();
-  const line = text.split('\n').find((l) => l.startsWith('leadgate_db_query_seconds_count{query="leads_index"}'));
-  return line ? Number(line.split(' ').pop()) : 0;
+  const line = text.split('\n').find((l) => l.startsWith('leadgate_leads_changes_total '));
+  if (line === undefined) throw new Error(`the gateway at ${gw.url} has no leadgate_leads_changes_total in /metrics`);
+  return Number(line.split(' ').pop());
 }
 
-async function waitForIndexRead(gw, before) {
+async function waitForChange(gw, before) {
   const deadline = Date.now() + 15_000;
-  while ((await indexReads(gw)) <= before) {
-    if (Date.now() > deadline) throw new Error(`the gateway at ${gw.url} did not read the import into its leads index within 15 s`);
+  while ((await changesNoticed(gw)) <= before) {
+    if (Date.now() > deadline) throw new Error(`the gateway at ${gw.url} did not notice the import within 15 s`);
     await sleep(20);
   }
 }

@@ -7,9 +7,9 @@
 //! clients by page and filter and reads each distinct page once; a page is
 //! serialized once and the same frame goes to every client of its group.
 //! Pages are also cached between changes, so connecting clients that look at
-//! the same page share one query. Each change empties the cache, and a query
-//! that started before the change cannot refill it (single flight per
-//! change).
+//! the same page share one query. A page asked for after a change has been
+//! noted is read afresh, and a query that started before the change cannot
+//! serve it (single flight per change).
 //!
 //! Which leads make a page, and how many match, come from an in-memory
 //! index of the table ([`LeadSearch`]), brought up to date at each change
@@ -32,7 +32,7 @@ use leadgate_protocol::leads::{
     LeadDetailsMessage, LeadFilter, LeadsErrorMessage, LeadsPage, LeadsQuery, LeadsRequest,
     Pagination, SyncAccepted,
 };
-use leadgate_store::{CRAWL_QUEUED, LeadSearch, Store};
+use leadgate_store::{CRAWL_QUEUED, LeadSearch, LeadsVersion, Store};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{OnceCell, mpsc};
@@ -218,6 +218,14 @@ struct CachedPage {
 
 type PageCell = Arc<OnceCell<Result<Arc<CachedPage>, String>>>;
 
+/// The pages read since the change `noted` (a count of
+/// [`Leads::changed`]) was noted.
+#[derive(Default)]
+struct PageCache {
+    noted: u64,
+    pages: HashMap<LeadsQuery, PageCell>,
+}
+
 /// Which leads changed since the last push.
 #[derive(Default)]
 struct Changes {
@@ -241,7 +249,7 @@ pub struct Leads {
     metrics: Arc<Metrics>,
     clients: Mutex<HashMap<u64, Client>>,
     next_client: AtomicU64,
-    cache: Mutex<HashMap<LeadsQuery, PageCell>>,
+    cache: Mutex<PageCache>,
     changes: Mutex<Changes>,
     changed: tokio::sync::Notify,
     /// `None` when the index is turned off.
@@ -412,17 +420,22 @@ impl Leads {
             }
         }
         self.changes_noted.fetch_add(1, Ordering::SeqCst);
+        self.metrics.leads_changes.inc();
         self.changed.notify_one();
     }
 
     /// The page for `query`, read once per change however many ask.
     async fn page(&self, query: &LeadsQuery) -> Result<Arc<CachedPage>, String> {
+        let noted = self.changes_noted.load(Ordering::SeqCst);
         let cell = {
             let mut cache = lock(&self.cache);
-            if cache.len() >= CACHE_LIMIT && !cache.contains_key(query) {
-                cache.clear();
+            if cache.noted < noted
+                || (cache.pages.len() >= CACHE_LIMIT && !cache.pages.contains_key(query))
+            {
+                cache.pages.clear();
+                cache.noted = cache.noted.max(noted);
             }
-            cache.entry(query.clone()).or_default().clone()
+            cache.pages.entry(query.clone()).or_default().clone()
         };
         let result = cell
             .get_or_init(|| async {
@@ -458,8 +471,12 @@ impl Leads {
             // Do not keep a failure: the next request reads again. Only this
             // cell: a newer one may have replaced it after a change.
             let mut cache = lock(&self.cache);
-            if cache.get(query).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                cache.remove(query);
+            if cache
+                .pages
+                .get(query)
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                cache.pages.remove(query);
             }
         }
         result
@@ -557,11 +574,10 @@ impl Leads {
             tokio::time::sleep(DEBOUNCE).await;
             let changes = std::mem::take(&mut *lock(&self.changes));
             let started = std::time::Instant::now();
-            // Pages read from here on see the change: the index first, then
-            // an empty cache.
+            // The index first (pages read from the cache started over when
+            // the change was noted).
             self.index_up_to_date().await;
             let index_ms = started.elapsed().as_millis() as u64;
-            lock(&self.cache).clear();
             let mut groups: HashMap<LeadsQuery, Vec<u64>> = HashMap::new();
             for (id, client) in lock(&self.clients).iter() {
                 if changes.affects(&client.query.filter) {
@@ -616,9 +632,15 @@ impl Leads {
 
     /// For the single-instance mode, where crawlers have no Redis to tell
     /// us: notices changes to the leads table by polling its size and
-    /// latest update, until `cancel`.
-    pub async fn run_watcher(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
-        let mut last = self.store.leads_version().await.ok();
+    /// latest update, until `cancel`. `last` is the table as it was before
+    /// the index was first read (`None`: unknown, the first poll counts as
+    /// a change), so that a write in between is noticed too.
+    pub async fn run_watcher(
+        self: Arc<Self>,
+        every: Duration,
+        mut last: Option<LeadsVersion>,
+        cancel: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
