@@ -53,6 +53,7 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub slow_clients: Counter,
     pub leads_changes: Counter,
+    pub leads_changes_pushed: Counter,
     pub db_query_seconds: HistogramFamily<QueryLabels>,
     pub delivery_seconds: Histogram,
     /// When this instance published events it applied, by job and seq, until
@@ -117,6 +118,12 @@ impl Metrics {
             "Changes to the leads this instance noticed (announcements, the table poll, a Redis subscription made again); each one brings the leads index up to date before the next page is read",
             leads_changes.clone(),
         );
+        let leads_changes_pushed = Counter::default();
+        registry.register(
+            "leads_changes_pushed",
+            "Of those changes, the ones whose fresh pages have been handed to every client concerned",
+            leads_changes_pushed.clone(),
+        );
         let redis_up = Gauge::default();
         if redis {
             registry.register(
@@ -148,6 +155,7 @@ impl Metrics {
             redis_up,
             slow_clients,
             leads_changes,
+            leads_changes_pushed,
             db_query_seconds,
             delivery_seconds,
             published: Mutex::default(),

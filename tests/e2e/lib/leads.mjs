@@ -533,29 +533,37 @@ export async function importLeads(envOpts, leads, provider, { request } = {}) {
   const args = ['leads', 'import', file, '--provider', provider];
   if (request !== undefined) args.push('--request', String(request));
   const gateways = envOpts.gateways ?? [];
-  const before = await Promise.all(gateways.map(changesNoticed));
+  const before = await Promise.all(gateways.map(async (gw) => (await leadsChanges(gw)).noticed));
   const r = await leadgateCli(args, envOpts);
   if (r.code !== 0) throw new Error(`leadgate ${args.join(' ')} exited ${r.code}:\n${r.stdout}${r.stderr}`);
-  // A gateway shows an import in the pages read once it has noticed it (the
-  // import's announcement, or the table poll): wait for that, so that a
-  // page asked for next shows the import. Nothing else changes the leads
+  // A gateway shows an import once it has noticed it (the import's
+  // announcement, or the table poll), and pushes fresh pages shortly after.
+  // Wait for both, so that a page asked for next shows the import and a
+  // client connected next is not pushed it. Nothing else changes the leads
   // meanwhile, so the next change noticed is the import.
-  await Promise.all(gateways.map((gw, i) => waitForChange(gw, before[i])));
+  await Promise.all(gateways.map((gw, i) => waitForPush(gw, before[i])));
   return r;
 }
 
-/** How many changes to the leads a gateway has noticed so far. */
-async function changesNoticed(gw) {
+/** How many changes to the leads a gateway has noticed, and pushed, so far. */
+async function leadsChanges(gw) {
   const text = await (await fetch(`${gw.url}/metrics`, { signal: AbortSignal.timeout(5_000) })).text();
-  const line = text.split('\n').find((l) => l.startsWith('leadgate_leads_changes_total '));
-  if (line === undefined) throw new Error(`the gateway at ${gw.url} has no leadgate_leads_changes_total in /metrics`);
-  return Number(line.split(' ').pop());
+  const value = (name) => {
+    const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+    if (line === undefined) throw new Error(`the gateway at ${gw.url} has no ${name} in /metrics`);
+    return Number(line.split(' ').pop());
+  };
+  return { noticed: value('leadgate_leads_changes_total'), pushed: value('leadgate_leads_changes_pushed_total') };
 }
 
-async function waitForChange(gw, before) {
+async function waitForPush(gw, before) {
   const deadline = Date.now() + 15_000;
-  while ((await changesNoticed(gw)) <= before) {
-    if (Date.now() > deadline) throw new Error(`the gateway at ${gw.url} did not notice the import within 15 s`);
+  for (;;) {
+    const { noticed, pushed } = await leadsChanges(gw);
+    if (noticed > before && pushed >= noticed) return;
+    if (Date.now() > deadline) {
+      throw new Error(`the gateway at ${gw.url} did not notice and push the import within 15 s (noticed ${noticed}, pushed ${pushed}, before ${before})`);
+    }
     await sleep(20);
   }
 }

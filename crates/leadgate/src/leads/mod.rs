@@ -566,12 +566,15 @@ impl Leads {
     /// Sends `leads_updated` to every client concerned by each change, until
     /// `cancel`.
     pub async fn run_pusher(self: Arc<Self>, cancel: CancellationToken) {
+        let mut pushed = 0;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 () = self.changed.notified() => {}
             }
             tokio::time::sleep(DEBOUNCE).await;
+            // Every change counted here is in `changes` (noted after it).
+            let noted = self.changes_noted.load(Ordering::SeqCst);
             let changes = std::mem::take(&mut *lock(&self.changes));
             let started = std::time::Instant::now();
             // The index first (pages read from the cache started over when
@@ -616,6 +619,8 @@ impl Leads {
                 took_ms = started.elapsed().as_millis() as u64,
                 "Pushed leads_updated."
             );
+            self.metrics.leads_changes_pushed.inc_by(noted - pushed);
+            pushed = noted;
             // Off the way of the pages: whether the index still holds every
             // lead. When it had to read the table again (leads deleted, or
             // written too late to be read), the pages just pushed may be
