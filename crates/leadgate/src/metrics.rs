@@ -115,13 +115,13 @@ impl Metrics {
         let leads_changes = Counter::default();
         registry.register(
             "leads_changes",
-            "Changes to the leads this instance noticed (announcements, the table poll, a Redis subscription made again); each one brings the leads index up to date before the next page is read",
+            "Changes to the leads this instance noticed (announcements, the table poll, each Redis subscription made); each one brings the leads index up to date before the next page is read",
             leads_changes.clone(),
         );
         let leads_changes_pushed = Counter::default();
         registry.register(
             "leads_changes_pushed",
-            "Of those changes, the ones whose fresh pages have been handed to every client concerned",
+            "Of those changes, the ones pushed: fresh pages handed to every client concerned (but for pages that could not be read, which are logged)",
             leads_changes_pushed.clone(),
         );
         let redis_up = Gauge::default();
