@@ -21,12 +21,20 @@ fn unique_prefix() -> String {
 }
 
 /// Two gateways on one database and one Redis prefix.
-async fn pair(backend: Backend, redis_url: &str, prefix: &str) -> (Gateway, Gateway) {
-    let redis = ["--redis-url", redis_url, "--redis-prefix", prefix];
+/// Two gateways on one database and one Redis prefix, started with
+/// `extra` arguments too.
+async fn pair(
+    backend: Backend,
+    redis_url: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> (Gateway, Gateway) {
+    let mut args = vec!["--redis-url", redis_url, "--redis-prefix", prefix];
+    args.extend_from_slice(extra);
     let db = TestDb::new(backend).await;
     let url = db.url.clone();
-    let a = Gateway::start_on(db, &redis).await;
-    let b = Gateway::start_shared(&url, &redis).await;
+    let a = Gateway::start_on(db, &args).await;
+    let b = Gateway::start_shared(&url, &args).await;
     (a, b)
 }
 
@@ -43,7 +51,7 @@ async fn subscribed(gw: &Gateway, user: &str, job: uuid::Uuid) -> SioClient {
 async fn every_instance_delivers_worker_and_http_events_once_in_order(backend: Backend) {
     let redis_url = shared_redis_url().await;
     let prefix = unique_prefix();
-    let (a, b) = pair(backend, &redis_url, &prefix).await;
+    let (a, b) = pair(backend, &redis_url, &prefix, &[]).await;
     let job = a.create_job("alice").await;
     let other = a.create_job("alice").await;
 
@@ -138,7 +146,7 @@ async fn every_instance_delivers_worker_and_http_events_once_in_order(backend: B
 async fn fan_out_resumes_after_a_redis_restart(backend: Backend) {
     let mut redis = RedisServer::start().await;
     let prefix = unique_prefix();
-    let (a, b) = pair(backend, &redis.url(), &prefix).await;
+    let (a, b) = pair(backend, &redis.url(), &prefix, &[]).await;
     let job = a.create_job("alice").await;
     let mut on_a = subscribed(&a, "alice", job).await;
     let mut on_b = subscribed(&b, "alice", job).await;
@@ -222,7 +230,7 @@ where
 async fn an_idle_subscription_stays_up() {
     let redis_url = shared_redis_url().await;
     let prefix = unique_prefix();
-    let (a, b) = pair(Backend::Sqlite, &redis_url, &prefix).await;
+    let (a, b) = pair(Backend::Sqlite, &redis_url, &prefix, &[]).await;
     let job = a.create_job("alice").await;
     let mut on_b = subscribed(&b, "alice", job).await;
     // Longer than the 5 s between pings.
@@ -256,18 +264,13 @@ async fn live_events_reach_sockets_that_subscribe_meanwhile_in_order() {
     // readers fall a few hundred events behind for a moment, loses nothing
     // (a lagging socket rightly loses live events; see README, Slow
     // clients).
-    let args = [
-        "--redis-url",
-        redis_url.as_str(),
-        "--redis-prefix",
-        prefix.as_str(),
-        "--socket-buffer",
-        "4096",
-    ];
-    let db = TestDb::new(Backend::Postgres).await;
-    let url = db.url.clone();
-    let a = Gateway::start_on(db, &args).await;
-    let b = Gateway::start_shared(&url, &args).await;
+    let (a, b) = pair(
+        Backend::Postgres,
+        &redis_url,
+        &prefix,
+        &["--socket-buffer", "4096"],
+    )
+    .await;
     let job = a.create_job("alice").await;
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();

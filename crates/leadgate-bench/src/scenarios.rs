@@ -308,6 +308,29 @@ struct Claims<'a> {
     exp: u64,
 }
 
+/// A token for user `sub`, valid for `ttl`.
+pub fn token(key: &EncodingKey, sub: &str, ttl: Duration) -> anyhow::Result<String> {
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl.as_secs();
+    Ok(jsonwebtoken::encode(
+        &Header::default(),
+        &Claims { sub, exp },
+        key,
+    )?)
+}
+
+/// The first port after `after` that nothing listens on, so that a server
+/// left over from an interrupted run is never taken for the one just
+/// started.
+pub fn free_port(after: u16) -> u16 {
+    let mut port = after;
+    loop {
+        port += 1;
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl Bench {
     pub fn new(env: Environment, settings: Settings, jobs: Jobs) -> Bench {
         let encoding_key = EncodingKey::from_secret(env.jwt_secret.as_bytes());
@@ -322,15 +345,10 @@ impl Bench {
         }
     }
 
-    /// The next port nothing listens on, so that a server left over from
-    /// an interrupted run is never taken for the one just started.
+    /// The next port nothing listens on ([`free_port`]).
     fn port(&mut self) -> u16 {
-        loop {
-            self.next_port += 1;
-            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, self.next_port)).is_ok() {
-                return self.next_port;
-            }
-        }
+        self.next_port = free_port(self.next_port);
+        self.next_port
     }
 
     /// A fresh loopback source address for each client process, so that
@@ -346,12 +364,7 @@ impl Bench {
     }
 
     fn token(&self, sub: &str) -> anyhow::Result<String> {
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 6 * 3600;
-        Ok(jsonwebtoken::encode(
-            &Header::default(),
-            &Claims { sub, exp },
-            &self.encoding_key,
-        )?)
+        token(&self.encoding_key, sub, Duration::from_secs(6 * 3600))
     }
 
     /// `count` clients, client `i` on job `i % jobs` with its owner's token,

@@ -14,11 +14,11 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{EncodingKey, Header};
+use jsonwebtoken::EncodingKey;
 use leadgate_protocol::leads::{LeadFilter, LeadInput, LeadsQuery};
 use leadgate_store::Store;
 use serde::Deserialize;
@@ -26,8 +26,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::procs::{Environment, Kind, Server, Usage, clock_ticks_per_second};
+use crate::scenarios::{free_port, token};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -163,12 +165,6 @@ fn get_leads(query: &LeadsQuery) -> Value {
     json!({ "page": query.page, "page_size": query.page_size, "filter": query.filter })
 }
 
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: u64,
-}
-
 /// Opens a view and waits for its own page; returns the connection.
 async fn open(addr: SocketAddr, view: &View, token: &str) -> anyhow::Result<Ws> {
     if view.socket_io {
@@ -298,9 +294,15 @@ async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
             format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
         )
         .await?;
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await?;
-    Ok(body)
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut answer))
+        .await
+        .with_context(|| format!("GET {path} of {addr} took over 10 s"))??;
+    if !answer.starts_with("HTTP/1.1 200") {
+        let status = answer.lines().next().unwrap_or("no answer");
+        bail!("GET {path} of {addr}: {status}");
+    }
+    Ok(answer)
 }
 
 /// Starts two instances on `database_url`, opens `count` views, writes a
@@ -329,7 +331,9 @@ pub async fn run(
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = (cores / 2).max(1);
     let mut servers = Vec::new();
-    for port in [3811, 3812] {
+    let mut port = 3810;
+    for _ in 0..2 {
+        port = free_port(port);
         servers.push(Server::start(Kind::Leadgate, port, threads, &env).await?);
     }
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
@@ -370,24 +374,18 @@ async fn measure(
 
     let views = views(count, providers, skills);
     let key = EncodingKey::from_secret(env.jwt_secret.as_bytes());
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     let connected = Instant::now();
     let opened = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+    // Aborted when dropped: a measurement that fails early closes its views
+    // before the instances are stopped.
     let mut tasks = Vec::with_capacity(views.len());
     for (i, view) in views.iter().cloned().enumerate() {
-        let token = jsonwebtoken::encode(
-            &Header::default(),
-            &Claims {
-                sub: &format!("viewer-{i}"),
-                exp,
-            },
-            &key,
-        )?;
+        let token = token(&key, &format!("viewer-{i}"), Duration::from_secs(3600))?;
         let addr = addrs[view.instance];
         let opened = opened.clone();
         let gate = gate.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(async move {
             let mut ws = {
                 let _permit = gate.acquire().await?;
                 tokio::time::timeout(Duration::from_secs(60), open(addr, &view, &token))
@@ -400,7 +398,7 @@ async fn measure(
             // takes little of the machine while the gateways push.
             let (text, at) = next_update(&mut ws, view.socket_io).await?;
             anyhow::Ok((text, at, ws))
-        }));
+        })));
     }
     while opened.load(Ordering::SeqCst) < views.len() {
         if let Some(failed) = tasks.iter().position(|t| t.is_finished()) {

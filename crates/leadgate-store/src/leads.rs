@@ -12,11 +12,11 @@ use leadgate_protocol::leads::{Lead, LeadDetails, LeadFilter, LeadInput, LeadsQu
 use leadgate_protocol::now_millis;
 use std::collections::HashMap;
 
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{Asterisk, Expr, Func, NullOrdering, OnConflict, Order, Query};
 use sea_orm::{
-    AccessMode, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    FromQueryResult, IdenStatic, IsolationLevel, Iterable, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    AccessMode, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait,
+    FromQueryResult, IsolationLevel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, TransactionTrait,
 };
 use serde_json::Value;
 
@@ -26,35 +26,6 @@ use crate::{Store, StoreError};
 
 /// Leads written per INSERT statement.
 const UPSERT_BATCH: usize = 500;
-
-/// A statement being written, with its values in order.
-struct Sql {
-    backend: DbBackend,
-    text: String,
-    values: Vec<sea_orm::Value>,
-}
-
-impl Sql {
-    fn new(backend: DbBackend) -> Sql {
-        Sql {
-            backend,
-            text: String::with_capacity(1024),
-            values: Vec::new(),
-        }
-    }
-
-    /// Appends a placeholder for `value`.
-    fn param(&mut self, value: impl Into<sea_orm::Value>) {
-        self.values.push(value.into());
-        match self.backend {
-            DbBackend::Postgres => {
-                let n = self.values.len();
-                self.text.push_str(&format!("${n}"));
-            }
-            _ => self.text.push('?'),
-        }
-    }
-}
 
 /// A crawl request's state.
 pub const CRAWL_QUEUED: &str = "queued";
@@ -72,55 +43,35 @@ impl Store {
     /// [`LeadSearch`]: crate::LeadSearch
     pub async fn leads_page(&self, query: &LeadsQuery) -> Result<(Vec<Lead>, u64), StoreError> {
         let backend = self.db.get_database_backend();
-        let filter = &query.filter;
-        let mut sql = Sql::new(backend);
-        sql.text.push_str("SELECT (");
-        self.count_matching(&mut sql, filter);
-        sql.text.push_str(") AS total, ");
-        let columns: Vec<&str> = lead::Column::iter().map(|c| c.as_str()).collect();
-        sql.text.push_str(&columns.join(", "));
-        sql.text.push_str(" FROM leads WHERE ");
-        self.lead_condition(&mut sql, filter);
+        let condition = self.lead_condition(&query.filter);
+        let total = Query::select()
+            .expr(Func::count(Expr::col(Asterisk)))
+            .from(lead::Entity)
+            .cond_where(condition.clone())
+            .to_owned();
         // PostgreSQL cannot estimate how many rows a prefix word search
         // matches; assuming many, it walks the order index and tests every
         // row, which for a rare word means the whole table. Ordering by an
         // expression the index does not cover makes it use the word index
         // and sort the matches instead.
-        let by_date = if backend == DbBackend::Postgres && !filter.words().is_empty() {
-            "posted_at + interval '0 seconds'"
+        let by_date = if backend == DbBackend::Postgres && !query.filter.words().is_empty() {
+            Expr::cust("posted_at + interval '0 seconds'")
         } else {
-            "posted_at"
+            Expr::col(lead::Column::PostedAt)
         };
-        sql.text.push_str(&format!(
-            " ORDER BY {by_date} DESC NULLS LAST, id DESC LIMIT {} OFFSET {}",
-            query.page_size,
-            query.offset()
-        ));
-        if backend == DbBackend::Sqlite {
-            // SQLite sorts NULL first ascending, hence last descending.
-            sql.text = sql.text.replace(" NULLS LAST", "");
-        }
-        let rows = self
-            .db
-            .query_all_raw(sea_orm::Statement::from_sql_and_values(
-                backend, sql.text, sql.values,
-            ))
-            .await?;
+        let select = lead::Entity::find().filter(condition);
+        let page = select
+            .clone()
+            .expr_as(total, "total")
+            .order_by_with_nulls(by_date, Order::Desc, NullOrdering::Last)
+            .order_by_desc(lead::Column::Id)
+            .offset(query.offset())
+            .limit(u64::from(query.page_size))
+            .build(backend);
+        let rows = self.db.query_all_raw(page).await?;
         let Some(first) = rows.first() else {
             // Past the last page: the count alone.
-            let mut sql = Sql::new(backend);
-            self.count_matching(&mut sql, filter);
-            let row = self
-                .db
-                .query_one_raw(sea_orm::Statement::from_sql_and_values(
-                    backend, sql.text, sql.values,
-                ))
-                .await?;
-            let total = match row {
-                Some(row) => row.try_get::<i64>("", "total")?.max(0) as u64,
-                None => 0,
-            };
-            return Ok((Vec::new(), total));
+            return Ok((Vec::new(), select.count(&self.db).await?));
         };
         let total = first.try_get::<i64>("", "total")?.max(0) as u64;
         let leads = rows
@@ -198,23 +149,14 @@ impl Store {
         Ok(rows.into_iter().map(indexed).collect())
     }
 
-    /// `SELECT count(*) AS total` of the leads matching `filter`.
-    fn count_matching(&self, sql: &mut Sql, filter: &LeadFilter) {
-        sql.text
-            .push_str("SELECT count(*) AS total FROM leads WHERE ");
-        self.lead_condition(sql, filter);
-    }
-
-    fn lead_condition(&self, sql: &mut Sql, filter: &LeadFilter) {
+    fn lead_condition(&self, filter: &LeadFilter) -> Condition {
         let postgres = self.db.get_database_backend() == DbBackend::Postgres;
-        sql.text.push_str("true");
+        let mut all = Condition::all();
         if let Some(remote) = filter.remote {
-            sql.text.push_str(" AND remote = ");
-            sql.param(remote);
+            all = all.add(lead::Column::Remote.eq(remote));
         }
         if let Some(provider) = &filter.provider {
-            sql.text.push_str(" AND provider = ");
-            sql.param(provider.clone());
+            all = all.add(lead::Column::Provider.eq(provider.as_str()));
         }
         let words = filter.words();
         if !words.is_empty() {
@@ -222,36 +164,41 @@ impl Store {
                 // Words hold letters and digits only, so they cannot form
                 // tsquery syntax; `:*` makes each a prefix match.
                 let tsquery: Vec<String> = words.iter().map(|w| format!("{w}:*")).collect();
-                sql.text.push_str(" AND (search @@ to_tsquery('simple', ");
-                sql.param(tsquery.join(" & "));
-                sql.text.push_str("))");
+                all = all.add(Expr::cust_with_values(
+                    "search @@ to_tsquery('simple', $1)",
+                    [tsquery.join(" & ")],
+                ));
             } else {
                 // The same match as PostgreSQL's prefix query: the word
                 // begins a word of `search_text` (words are letters and
                 // digits only, so they hold no LIKE wildcard).
                 for word in words {
-                    sql.text.push_str(" AND (' ' || search_text) LIKE ");
-                    sql.param(format!("% {word}%"));
+                    all = all.add(Expr::cust_with_values(
+                        "(' ' || search_text) LIKE ?",
+                        [format!("% {word}%")],
+                    ));
                 }
             }
         }
         if !filter.skills.is_empty() {
             if postgres {
-                sql.text.push_str(" AND (skill_keys @> ");
-                sql.param(Value::from(filter.skills.clone()).to_string());
-                sql.text.push_str("::jsonb)");
+                all = all.add(Expr::cust_with_values(
+                    "skill_keys @> $1::jsonb",
+                    [Value::from(filter.skills.clone()).to_string()],
+                ));
             } else {
                 // Not `EXISTS (… WHERE value = ?)`: SQLite 3.51 turns that
                 // into a join, and a lead whose skills repeat one came
                 // back twice.
                 for skill in &filter.skills {
-                    sql.text.push_str(" AND ");
-                    sql.param(skill.clone());
-                    sql.text
-                        .push_str(" IN (SELECT value FROM json_each(leads.skill_keys))");
+                    all = all.add(Expr::cust_with_values(
+                        "? IN (SELECT value FROM json_each(leads.skill_keys))",
+                        [skill.clone()],
+                    ));
                 }
             }
         }
+        all
     }
 
     /// One lead with everything known about it. Without `provider`, the most

@@ -287,7 +287,13 @@ pub async fn run(
     // in between is missed.
     let watch = publisher.is_none() && config.leads_poll > 0;
     let watched_from = if watch {
-        store.leads_version().await.ok()
+        match store.leads_version().await {
+            Ok(version) => Some(version),
+            Err(e) => {
+                warn!(error = %e, "Could not read the leads table before watching it; its first check counts as a change.");
+                None
+            }
+        }
     } else {
         None
     };
